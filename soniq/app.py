@@ -1,0 +1,417 @@
+"""``Soniq``: the facade. It owns settings, registry, backend and hooks; methods delegate."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from soniq.backends import MigrationReport, StorageBackend, make_backend
+from soniq.core.registry import (
+    JobDefinition,
+    JobRegistry,
+    default_task_name,
+    find_context_param,
+    handler_signature,
+)
+from soniq.enqueue import EnqueueOptions, build_job, check_priority
+from soniq.errors import ConfigurationError, JobRegistrationError
+from soniq.hooks import HOOK_EVENTS, HookSet, adapt_hook
+from soniq.job import JobContext, JobStatus, NewJob
+from soniq.settings import SoniqSettings
+
+if TYPE_CHECKING:
+    from soniq.dead_letter import DeadLetterService
+    from soniq.scheduler import Scheduler
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Soniq:
+    """One isolated Soniq instance: its own settings, pool, registry and hooks.
+
+    Example::
+
+        app = Soniq(database_url="postgresql://localhost/myapp")
+
+        @app.job(retries=5, queue="emails")
+        async def send_welcome(to: str) -> None: ...
+
+        job_id = await app.enqueue(send_welcome, to="dev@example.com")
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        backend: StorageBackend | str | None = None,
+        **settings_overrides: Any,
+    ) -> None:
+        if database_url is not None:
+            settings_overrides["database_url"] = database_url
+        self.settings = _make_settings(settings_overrides)
+        self.database_url = self.settings.resolved_database_url()
+        self.backend: StorageBackend = make_backend(self.database_url, backend, self.settings)
+        self._registry = JobRegistry()
+        self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
+        self._hook_set = HookSet()
+        self._init_lock: asyncio.Lock | None = None
+        self._initialized = False
+        self._dead_letter: DeadLetterService | None = None
+        self._scheduler: Scheduler | None = None
+
+    # --- lifecycle ---------------------------------------------------------
+    async def ensure_initialized(self) -> None:
+        """Open the backend (the pool is otherwise created lazily on first use)."""
+        if self._initialized:
+            return
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if not self._initialized:
+                await self.backend.open()
+                self._initialized = True
+
+    async def setup(self) -> MigrationReport:
+        """Create the database if needed and apply pending migrations (what `soniq setup` does)."""
+        return await self.backend.migrate()
+
+    async def close(self) -> None:
+        """Release the pool. Safe to call twice."""
+        self._initialized = False
+        await self.backend.close()
+
+    async def __aenter__(self) -> Soniq:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- defining jobs -----------------------------------------------------
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        max_retries: int | None = None,
+        priority: int | None = None,
+        queue: str = "default",
+        unique: bool = False,
+        retry_delay: float | list[float] = 0,
+        retry_backoff: bool = False,
+        retry_max_delay: float | None = None,
+        timeout: float | None = None,
+        validate: type[Any] | None = None,
+        args_model: type[Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function as a job. Always called with parentheses: ``@app.job()``."""
+        options = dict(
+            name=name, retries=_one_of("retries", retries, "max_retries", max_retries),
+            priority=priority, queue=queue, unique=unique, retry_delay=retry_delay,
+            retry_backoff=retry_backoff, retry_max_delay=retry_max_delay, timeout=timeout,
+            model=_one_of("validate", validate, "args_model", args_model),
+        )  # fmt: skip
+
+        def decorator(func: F) -> F:
+            self._registry.register(self._define(func, **options))
+            return func
+
+        return decorator
+
+    def periodic(
+        self, *, cron: Any = None, every: timedelta | float | None = None, **job_kwargs: Any
+    ) -> Callable[[F], F]:
+        """Register a job and stamp a recurring schedule on it (fired by `soniq scheduler`)."""
+        from soniq.schedules import normalize_schedule
+
+        cron_expr, every_seconds = normalize_schedule(cron=cron, every=every)
+        register = self.job(**job_kwargs)
+
+        def decorator(func: F) -> F:
+            register(func)
+            definition = self._registry.for_function(func)
+            assert definition is not None
+            stamp = {"cron": cron_expr, "every": every_seconds}
+            self._registry.register(_replace(definition, periodic=stamp))
+            return func
+
+        return decorator
+
+    def _define(
+        self, func: Callable[..., Any], *, name: str | None, retries: int | None,
+        priority: int | None, queue: str, unique: bool, retry_delay: float | list[float],
+        retry_backoff: bool, retry_max_delay: float | None, timeout: float | None,
+        model: type[Any] | None,
+    ) -> JobDefinition:  # fmt: skip
+        if not callable(func):
+            raise JobRegistrationError(f"@app.job() decorates functions, not {func!r}")
+        _check_job_options(retries, priority, queue, retry_delay, retry_max_delay, timeout)
+        context_param = find_context_param(func, JobContext)
+        return JobDefinition(
+            name=name or default_task_name(func),
+            func=func,
+            is_async=inspect.iscoroutinefunction(func),
+            max_retries=self.settings.max_retries if retries is None else retries,
+            priority=self.settings.priority if priority is None else priority,
+            queue=queue,
+            unique=unique,
+            retry_delay=list(retry_delay) if isinstance(retry_delay, (list, tuple)) else retry_delay,
+            retry_backoff=retry_backoff,
+            retry_max_delay=retry_max_delay,
+            timeout=timeout,
+            args_model=model,
+            context_param=context_param,
+            signature=handler_signature(func, context_param),
+        )
+
+    def _get_job_registry(self) -> JobRegistry:
+        return self._registry
+
+    # --- hooks -------------------------------------------------------------
+    def before_job(self, func: F) -> F:
+        """Run ``func`` before every job: ``(job_name, job_id, attempt)`` or ``(ctx)``."""
+        return self._add_hook("before_job", func)
+
+    def after_job(self, func: F) -> F:
+        """Run ``func`` after every success: ``(job_name, job_id, duration_ms)`` or ``(ctx)``."""
+        return self._add_hook("after_job", func)
+
+    def on_error(self, func: F) -> F:
+        """Run ``func`` on failure: ``(job_name, job_id, error, attempt)`` or ``(ctx, exc)``."""
+        return self._add_hook("on_error", func)
+
+    def _add_hook(self, event: str, func: F) -> F:
+        self._hook_set.events(event).append(adapt_hook(event, func))
+        self.hooks[event].append(func)
+        return func
+
+    # --- enqueue -----------------------------------------------------------
+    def _build_job(
+        self,
+        target: Any,
+        *,
+        args: Mapping[str, Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        scheduled_at: datetime | float | None = None,
+        unique: bool | None = None,
+        dedup_key: str | None = None,
+    ) -> NewJob:
+        options = EnqueueOptions(priority, queue, scheduled_at, unique, dedup_key)
+        return build_job(self._registry, self.settings, target, args, kwargs or {}, options)
+
+    async def enqueue(
+        self,
+        target: Any,
+        *,
+        args: dict[str, Any] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        scheduled_at: datetime | None = None,
+        unique: bool | None = None,
+        dedup_key: str | None = None,
+        connection: Any = None,
+        **func_kwargs: Any,
+    ) -> str:
+        """Enqueue one job; returns its id (or, for a duplicate, the existing job's id)."""
+        job = self._build_job(
+            target, args=args, kwargs=func_kwargs, priority=priority, queue=queue,
+            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+        )  # fmt: skip
+        ids = await self._insert([job], connection)
+        return ids[0]
+
+    async def enqueue_many(
+        self,
+        target: Any,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        scheduled_at: datetime | None = None,
+        unique: bool | None = None,
+        connection: Any = None,
+    ) -> list[str]:
+        """Enqueue one job per argument dict in one round trip; same validation and dedup."""
+        is_callable = callable(target) and not isinstance(target, str)
+        jobs = [
+            self._build_job(
+                target, args=None if is_callable else item, kwargs=item if is_callable else None,
+                priority=priority, queue=queue, scheduled_at=scheduled_at, unique=unique,
+            )
+            for item in items
+        ]  # fmt: skip
+        return await self._insert(jobs, connection) if jobs else []
+
+    async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
+        if connection is not None and not self.backend.supports_transactions:
+            raise ValueError(
+                "Transactional enqueue (connection=...) requires the PostgreSQL backend; "
+                f"this instance uses {self.backend.name!r}. Drop connection= or use PostgreSQL."
+            )
+        if connection is None:
+            await self.ensure_initialized()
+        return await self.backend.enqueue(jobs, connection=connection)
+
+    async def schedule(
+        self,
+        target: Any,
+        run_at: datetime | float,
+        *,
+        args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Enqueue to run at ``run_at`` (a UTC datetime, or seconds from now)."""
+        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)  # type: ignore[arg-type]
+
+    # --- inspect and manage -----------------------------------------------
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's full record; a dead-lettered job reports status ``dead_letter``."""
+        await self.ensure_initialized()
+        job = await self.backend.get_job(str(job_id))
+        if job is not None:
+            return job.to_dict()
+        dead = await self.backend.dead_letter_get(str(job_id))
+        return dead.as_job_dict() if dead is not None else None
+
+    async def get_result(self, job_id: str) -> Any:
+        """The return value of a completed job, else ``None``."""
+        job = await self.get_job(job_id)
+        if job is None or job["status"] != JobStatus.DONE.value:
+            return None
+        return job.get("result")
+
+    async def get_job_status(self, job_id: str) -> dict[str, Any] | None:
+        """``{"status": ..., "result": ..., "job_name": ..., ...}`` or ``None``."""
+        return await self.get_job(job_id)
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a queued job. A job already running is not interrupted (returns False)."""
+        await self.ensure_initialized()
+        return await self.backend.cancel_job(str(job_id))
+
+    async def delete_job(self, job_id: str) -> bool:
+        await self.ensure_initialized()
+        return await self.backend.delete_job(str(job_id))
+
+    async def list_jobs(
+        self,
+        queue: str | None = None,
+        status: str | JobStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        await self.ensure_initialized()
+        status_value = status.value if isinstance(status, JobStatus) else status
+        if status_value == JobStatus.DEAD_LETTER.value:
+            dead = await self.backend.dead_letter_list(
+                queue=queue, task=None, limit=limit, offset=offset
+            )
+            return [d.as_job_dict() for d in dead]
+        jobs = await self.backend.list_jobs(
+            queue=queue, status=status_value, limit=limit, offset=offset
+        )
+        return [j.to_dict() for j in jobs]
+
+    async def get_queue_stats(self) -> list[dict[str, Any]]:
+        """One dict per queue (queue, total, queued, processing, done, dead_letter, cancelled)."""
+        await self.ensure_initialized()
+        return [s.to_dict() for s in await self.backend.queue_stats()]
+
+    # --- workers -----------------------------------------------------------
+    def _make_worker(self) -> Any:
+        from soniq.worker import Worker
+
+        return Worker(
+            backend=self.backend, registry=self._registry, settings=self.settings,
+            hooks=self._hook_set,
+        )  # fmt: skip
+
+    async def run_worker(
+        self,
+        concurrency: int | None = None,
+        run_once: bool = False,
+        queues: list[str] | None = None,
+    ) -> bool:
+        """Run a worker in this process (default concurrency: the ``concurrency`` setting, 4)."""
+        await self.ensure_initialized()
+        worker = self._make_worker()
+        return bool(
+            await worker.run(
+                concurrency=self.settings.concurrency if concurrency is None else concurrency,
+                run_once=run_once,
+                queues=queues,
+            )
+        )
+
+    # --- services ----------------------------------------------------------
+    @property
+    def dead_letter(self) -> DeadLetterService:
+        if self._dead_letter is None:
+            from soniq.dead_letter import DeadLetterService
+
+            self._dead_letter = DeadLetterService(self)
+        return self._dead_letter
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            from soniq.scheduler import Scheduler
+
+            self._scheduler = Scheduler(self)
+        return self._scheduler
+
+    def __repr__(self) -> str:
+        from soniq.backends.postgres import mask_url
+
+        return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"
+
+
+def _make_settings(overrides: dict[str, Any]) -> SoniqSettings:
+    try:
+        return SoniqSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"Invalid Soniq settings: {problems}") from None
+
+
+def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:
+    if a is not None and b is not None and a != b:
+        raise JobRegistrationError(f"{a_name}= and {b_name}= are aliases; pass only one")
+    return a if a is not None else b
+
+
+def _check_job_options(
+    retries: int | None, priority: int | None, queue: str, retry_delay: Any,
+    retry_max_delay: float | None, timeout: float | None,
+) -> None:  # fmt: skip
+    if retries is not None and (not isinstance(retries, int) or retries < 0):
+        raise JobRegistrationError(f"retries must be an int >= 0, got {retries!r}")
+    if priority is not None:
+        try:
+            check_priority(priority)
+        except ValueError as exc:
+            raise JobRegistrationError(str(exc)) from None
+    if not isinstance(queue, str) or not queue:
+        raise JobRegistrationError(f"queue must be a non-empty string, got {queue!r}")
+    delays = retry_delay if isinstance(retry_delay, (list, tuple)) else [retry_delay]
+    if not all(isinstance(d, (int, float)) and d >= 0 for d in delays):
+        raise JobRegistrationError(
+            f"retry_delay must be seconds >= 0 or a list of them, got {retry_delay!r}"
+        )
+    for label, value in (("retry_max_delay", retry_max_delay), ("timeout", timeout)):
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise JobRegistrationError(f"{label} must be seconds >= 0, got {value!r}")
+
+
+def _replace(definition: JobDefinition, **changes: Any) -> JobDefinition:
+    from dataclasses import replace
+
+    return replace(definition, **changes)

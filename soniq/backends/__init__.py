@@ -1,0 +1,235 @@
+"""The storage protocol every feature talks to, and backend selection.
+
+Backends speak lifecycle verbs over the frozen rows of :mod:`soniq.job`; the
+app, the worker, the CLI, the scheduler and the dead-letter service use only
+these verbs, so each of them works on PostgreSQL, SQLite and memory alike.
+Capability flags say what a backend cannot do (transactional enqueue, push
+notifications) instead of callers testing for a class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from soniq.job import (
+    Ack,
+    ClaimedJob,
+    DeadLetterJob,
+    Job,
+    NewJob,
+    QueueStats,
+    Schedule,
+    WorkerInfo,
+)
+
+if TYPE_CHECKING:
+    from soniq.settings import SoniqSettings
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What ``setup`` did: which migrations it applied and which were already there."""
+
+    applied: list[str] = field(default_factory=list)
+    already_applied: list[str] = field(default_factory=list)
+    database_created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInfo:
+    name: str
+    applied: bool
+    applied_at: datetime | None = None
+
+
+class Listener(Protocol):
+    """A subscription to new-job notifications; closing it releases its connection."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """Lifecycle verbs and reads. Implementations: postgres, sqlite, memory."""
+
+    name: str
+    supports_transactions: bool
+    supports_notify: bool
+
+    # --- lifecycle ---------------------------------------------------------
+    async def open(self) -> None:
+        """Connect (idempotent). Raises ``DatabaseUnavailableError`` with how to fix it."""
+
+    async def close(self) -> None:
+        """Release every connection (idempotent)."""
+
+    async def migrate(self) -> MigrationReport:
+        """Create the database if missing and apply pending migrations, safely concurrent."""
+
+    async def migration_status(self) -> list[MigrationInfo]: ...
+
+    # --- producing ---------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        """Insert ``jobs`` (one round trip where possible) and wake listening workers.
+
+        Returns one id per input job, in order: the new id, or for a duplicate
+        (same ``dedup_key`` while a job with it is queued or processing) the id
+        of the existing job.
+        """
+
+    # --- working -----------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int
+    ) -> list[ClaimedJob]:
+        """Atomically take up to ``limit`` due queued jobs, priority then run time."""
+
+    async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
+        """Record many outcomes at once. Acks whose lease no longer matches are ignored."""
+
+    async def register_worker(self, info: WorkerInfo) -> None: ...
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        """Refresh liveness; ``False`` when the row is gone (another worker declared us dead)."""
+
+    async def deregister_worker(self, worker_id: str) -> None: ...
+
+    async def recover_stale(self, heartbeat_timeout: float) -> int:
+        """Requeue jobs of workers silent for ``heartbeat_timeout`` and remove those workers.
+
+        A recovered job that has no attempt left moves to the dead-letter table.
+        Returns the number of jobs recovered or dead-lettered.
+        """
+
+    async def prune(self) -> int:
+        """Delete finished rows whose result TTL has passed."""
+
+    async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
+        """Take or extend the lease on ``role``; ``True`` while ``owner`` holds it."""
+
+    async def release_lead(self, role: str, owner: str) -> None: ...
+
+    async def listen(self, on_new_job: Callable[[str], None]) -> Listener | None:
+        """Call ``on_new_job(queue)`` when a job is enqueued; ``None`` when only polling works."""
+
+    # --- reads and management ---------------------------------------------
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, *, queue: str | None, status: str | None, limit: int, offset: int
+    ) -> list[Job]: ...
+
+    async def queue_stats(self) -> list[QueueStats]: ...
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a queued job; ``False`` if it is not queued."""
+
+    async def delete_job(self, job_id: str) -> bool: ...
+
+    async def list_workers(self) -> list[WorkerInfo]: ...
+
+    # --- dead letters ------------------------------------------------------
+    async def dead_letter_list(
+        self, *, queue: str | None, task: str | None, limit: int, offset: int
+    ) -> list[DeadLetterJob]: ...
+
+    async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None: ...
+
+    async def dead_letter_count(self, *, queue: str | None, task: str | None) -> int: ...
+
+    async def dead_letter_replay(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Mint a fresh queued job per dead-letter id; returns ``{dead_id: new_job_id}``.
+
+        The dead-letter row stays, with ``resurrection_count`` + 1 and ``last_replayed_at``.
+        Unknown ids are absent from the result.
+        """
+
+    async def dead_letter_purge(
+        self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
+    ) -> int: ...
+
+    # --- schedules ---------------------------------------------------------
+    async def schedule_upsert(self, schedule: Schedule) -> Schedule:
+        """Insert or update by name, keeping ``last_run_at``; returns the stored row."""
+
+    async def schedule_get(self, name: str) -> Schedule | None: ...
+
+    async def schedule_list(self, status: str | None = None) -> list[Schedule]: ...
+
+    async def schedule_set_status(self, name: str, status: str) -> bool: ...
+
+    async def schedule_delete(self, name: str) -> bool: ...
+
+    async def schedule_fire(
+        self, name: str, due: datetime, next_run_at: datetime | None, job: NewJob
+    ) -> bool:
+        """Enqueue ``job`` for the run due at ``due`` and advance the schedule, atomically.
+
+        Does nothing and returns ``False`` unless the stored ``next_run_at``
+        still equals ``due`` (another leader already fired it).
+        """
+
+
+def make_backend(
+    database_url: str, backend: StorageBackend | str | None, settings: SoniqSettings
+) -> StorageBackend:
+    """Pick the backend from an explicit choice or the URL's shape."""
+    from soniq.errors import ConfigurationError
+
+    if backend is not None and not isinstance(backend, str):
+        return backend
+    kind = backend or detect_backend(database_url)
+    if kind in ("postgres", "postgresql"):
+        from soniq.backends.postgres import PostgresBackend
+
+        return PostgresBackend(database_url, settings)
+    if kind == "sqlite":
+        from soniq.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(sqlite_path(database_url), settings)
+    if kind == "memory":
+        from soniq.backends.memory import MemoryBackend
+
+        return MemoryBackend(settings)
+    raise ConfigurationError(
+        f"Unknown backend {kind!r}. Use backend='postgres', 'sqlite' or 'memory', "
+        "or pass a StorageBackend instance."
+    )
+
+
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def detect_backend(database_url: str) -> str:
+    url = database_url.strip()
+    if url.startswith("sqlite:") or url.lower().endswith(SQLITE_SUFFIXES):
+        return "sqlite"
+    if url.startswith("memory:") or url == ":memory:":
+        return "memory"
+    return "postgres"
+
+
+def sqlite_path(database_url: str) -> str:
+    """``sqlite:///rel.db`` → ``rel.db``, ``sqlite:////abs.db`` → ``/abs.db``; paths pass through."""
+    url = database_url.strip()
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        return rest[1:] if rest.startswith("/") else rest or "soniq.db"
+    if url.startswith("sqlite:"):
+        return url[len("sqlite:") :] or "soniq.db"
+    if not url.lower().endswith(SQLITE_SUFFIXES):
+        return "soniq.db"
+    return url
+
+
+__all__ = [
+    "Listener",
+    "MigrationInfo",
+    "MigrationReport",
+    "StorageBackend",
+    "detect_backend",
+    "make_backend",
+    "sqlite_path",
+]

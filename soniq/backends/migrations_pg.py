@@ -1,0 +1,108 @@
+"""Numbered, forward-only PostgreSQL migrations, applied under an advisory lock.
+
+Two ``soniq setup`` runs at once are safe: the second waits on the lock, then
+finds nothing pending. Each file runs in its own transaction, so a failing file
+leaves nothing of itself behind.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from soniq.backends import MigrationInfo, MigrationReport
+from soniq.backends.postgres import unavailable
+from soniq.errors import MigrationError
+from soniq.sql import postgres_queries as q
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(name, sql) of every packaged migration, in order."""
+    folder = resources.files("soniq.sql").joinpath("migrations", "postgres")
+    files = sorted(
+        (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
+    )
+    return [(name.removesuffix(".sql"), sql) for name, sql in files]
+
+
+async def _connect(url: str) -> Any:
+    try:
+        return await asyncpg.connect(url)
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        raise unavailable(url, exc) from None
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it does not exist; True if created."""
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        raise unavailable(url, exc) from None
+    else:
+        await conn.close()
+        return False
+    parts = urlsplit(url)
+    name = (parts.path or "/").lstrip("/")
+    admin = await _connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+    except asyncpg.DuplicateDatabaseError:
+        return False  # another `soniq setup` created it a moment ago
+    finally:
+        await admin.close()
+    return True
+
+
+async def apply_migrations(url: str) -> MigrationReport:
+    created = await ensure_database(url)
+    conn = await _connect(url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", q.MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(q.MIGRATIONS_TABLE)
+            done = {r["name"] for r in await conn.fetch(q.MIGRATIONS_APPLIED)}
+            applied: list[str] = []
+            for name, sql in migration_files():
+                if name in done:
+                    continue
+                await _apply_one(conn, name, sql)
+                applied.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", q.MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return MigrationReport(
+        applied=applied, already_applied=sorted(done), database_created=created
+    )
+
+
+async def _apply_one(conn: Any, name: str, sql: str) -> None:
+    try:
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute(q.MIGRATION_RECORD, name)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            f"Migration {name} failed and was rolled back: {exc}. Nothing of {name} was "
+            "applied; fix the cause (permissions, a conflicting object) and run `soniq setup` "
+            "again."
+        ) from None
+
+
+async def migration_status(url: str) -> list[MigrationInfo]:
+    conn = await _connect(url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('soniq_migrations') IS NOT NULL")
+        rows = await conn.fetch(q.MIGRATIONS_APPLIED) if exists else []
+    finally:
+        await conn.close()
+    applied = {r["name"]: r["applied_at"] for r in rows}
+    return [
+        MigrationInfo(name=name, applied=name in applied, applied_at=applied.get(name))
+        for name, _ in migration_files()
+    ]

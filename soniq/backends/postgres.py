@@ -1,0 +1,434 @@
+"""PostgreSQL backend on asyncpg: the production backend.
+
+The only module (with ``migrations_pg``) that imports asyncpg. All SQL lives in
+:mod:`soniq.sql.postgres_queries` and the numbered migration files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from soniq.backends import Listener, MigrationInfo, MigrationReport
+from soniq.errors import DatabaseUnavailableError, SchemaMissingError
+from soniq.job import (
+    Ack,
+    ClaimedJob,
+    DeadLetterJob,
+    Done,
+    Fail,
+    Job,
+    NewJob,
+    QueueStats,
+    Requeue,
+    Retry,
+    Schedule,
+    WorkerInfo,
+)
+from soniq.settings import SoniqSettings
+from soniq.sql import postgres_queries as q
+
+log = logging.getLogger("soniq.postgres")
+
+STATUS_KEYS = ("queued", "processing", "done", "cancelled", "dead_letter")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def describe_target(url: str) -> str:
+    parts = urlsplit(url)
+    database = (parts.path or "/").lstrip("/") or "(default)"
+    return f"host={parts.hostname or 'localhost'} port={parts.port or 5432} database={database}"
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"Cannot connect to PostgreSQL ({describe_target(url)}): {exc}. "
+        "Check that the server is running and reachable, and that SONIQ_DATABASE_URL "
+        f"(now {mask_url(url)}) is right; run `soniq setup` to create the database."
+    )
+
+
+class _PgListener:
+    """A dedicated connection holding ``LISTEN soniq_new_job``."""
+
+    def __init__(self, conn: Any, callback: Callable[[Any, int, str, str], None]) -> None:
+        self._conn = conn
+        self._callback = callback
+
+    def is_alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def close(self) -> None:
+        if self._conn.is_closed():
+            return
+        try:
+            await self._conn.remove_listener(q.CHANNEL, self._callback)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+            pass
+        await self._conn.close(timeout=2)
+
+
+class PostgresBackend:
+    """``StorageBackend`` on a lazily created asyncpg pool."""
+
+    name = "postgres"
+    supports_transactions = True
+    supports_notify = True
+
+    def __init__(self, database_url: str, settings: SoniqSettings) -> None:
+        self.database_url = database_url
+        self.settings = settings
+        self._pool: Any = None
+
+    # --- lifecycle ---------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.database_url,
+                min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
+                max_size=self.settings.pool_max_size,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise unavailable(self.database_url, exc) from None
+        async with pool.acquire() as conn:
+            present = await conn.fetchval(q.SCHEMA_PRESENT)
+        if not present:
+            await pool.close()
+            raise SchemaMissingError(
+                f"Soniq's tables are missing in {describe_target(self.database_url)}. "
+                "Run `soniq setup` (or `await app.setup()`) once to create them."
+            )
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError(
+                "The PostgreSQL pool is not open; call `await app.ensure_initialized()` first"
+            )
+        return self._pool
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        """Lend a pooled asyncpg connection (for transactional enqueue)."""
+        await self.open()
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    async def migrate(self) -> MigrationReport:
+        from soniq.backends.migrations_pg import apply_migrations
+
+        return await apply_migrations(self.database_url)
+
+    async def migration_status(self) -> list[MigrationInfo]:
+        from soniq.backends.migrations_pg import migration_status
+
+        return await migration_status(self.database_url)
+
+    # --- producing ---------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if connection is None:
+            async with self.pool.acquire() as conn:
+                return await self._enqueue_on(conn, jobs)
+        return await self._enqueue_on(connection, jobs)
+
+    async def _enqueue_on(self, conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+        if len(jobs) == 1:
+            j = jobs[0]
+            inserted = await conn.fetchval(
+                q.JOB_INSERT, j.id, j.job_name, j.args_json, j.queue, j.priority,
+                j.max_attempts, j.scheduled_at, j.dedup_key,
+            )  # fmt: skip
+            new_ids = {j.id} if inserted is not None else set()
+        else:
+            rows = await conn.fetch(q.JOB_INSERT_MANY, *_columns(jobs))
+            new_ids = {str(r["id"]) for r in rows}
+        return [
+            j.id if j.id in new_ids else await self._existing_id(conn, j) for j in jobs
+        ]
+
+    async def _existing_id(self, conn: Any, job: NewJob) -> str:
+        """The live job a duplicate enqueue collided with (re-inserting if it just finished)."""
+        for _ in range(5):
+            found = await conn.fetchval(q.JOB_FIND_LIVE_BY_DEDUP, job.dedup_key)
+            if found is not None:
+                return str(found)
+            if await conn.fetchval(q.JOB_INSERT, *_row(job)) is not None:
+                return job.id
+        raise RuntimeError(f"could not settle dedup_key {job.dedup_key!r}")  # pragma: no cover
+
+    # --- working -----------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int
+    ) -> list[ClaimedJob]:
+        lease = uuid.uuid4()
+        if not queues:
+            rows = await self.pool.fetch(q.JOB_CLAIM_ALL, worker_id, limit, lease)
+        elif len(queues) == 1:
+            rows = await self.pool.fetch(q.JOB_CLAIM_ONE_QUEUE, worker_id, limit, lease, queues[0])
+        else:
+            rows = await self.pool.fetch(q.JOB_CLAIM_QUEUES, worker_id, limit, lease, list(queues))
+        lease_s = str(lease)
+        return [
+            ClaimedJob(
+                id=str(r[0]), job_name=r[1], args=json.loads(r[2]), queue=r[3], attempt=r[4],
+                max_attempts=r[5], lease=lease_s, scheduled_at=r[6], created_at=r[7],
+                priority=r[8],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
+        done = [a for a in acks if isinstance(a.outcome, Done)]
+        other = [a for a in acks if not isinstance(a.outcome, Done)]
+        async with self.pool.acquire() as conn:
+            if done:
+                await self._ack_done(conn, done, result_ttl)
+            if other:
+                await self._ack_other(conn, other)
+
+    async def _ack_done(self, conn: Any, acks: Sequence[Ack], result_ttl: float) -> None:
+        ids = [a.job.id for a in acks]
+        leases = [a.job.lease for a in acks]
+        if result_ttl <= 0:
+            await conn.execute(q.JOB_ACK_DONE_DELETE, ids, leases)
+            return
+        results = [a.outcome.result_json for a in acks]  # type: ignore[union-attr]
+        await conn.execute(q.JOB_ACK_DONE, ids, leases, results, float(result_ttl))
+
+    async def _ack_other(self, conn: Any, acks: Sequence[Ack]) -> None:
+        retries = [(a.job.id, a.job.lease, o.run_at, o.error) for a in acks
+                   if isinstance(o := a.outcome, Retry)]  # fmt: skip
+        fails = [(a.job.id, a.job.lease, o.error, o.traceback) for a in acks
+                 if isinstance(o := a.outcome, Fail)]  # fmt: skip
+        requeues = [(a.job.id, a.job.lease, o.run_at) for a in acks
+                    if isinstance(o := a.outcome, Requeue)]  # fmt: skip
+        for sql, rows in ((q.JOB_ACK_RETRY, retries), (q.JOB_ACK_FAIL, fails),
+                          (q.JOB_ACK_REQUEUE, requeues)):  # fmt: skip
+            if rows:
+                await conn.execute(sql, *(list(col) for col in zip(*rows)))
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self.pool.execute(
+            q.WORKER_REGISTER, info.id, info.hostname, info.pid, info.queues, info.concurrency
+        )
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        status = await self.pool.execute(q.WORKER_HEARTBEAT, worker_id)
+        return bool(status != "UPDATE 0")
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.pool.execute(q.WORKER_DEREGISTER, worker_id)
+
+    async def recover_stale(self, heartbeat_timeout: float) -> int:
+        async with self.pool.acquire() as conn:
+            await conn.execute(q.WORKER_DELETE_STALE, float(heartbeat_timeout))
+            row = await conn.fetchrow(q.JOB_RECOVER_ORPHANS)
+        return int(row[0])
+
+    async def prune(self) -> int:
+        status = await self.pool.execute(q.JOB_PRUNE)
+        return int(status.split()[-1])
+
+    async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
+        return await self.pool.fetchval(q.LEASE_TAKE, role, owner, float(ttl)) is not None
+
+    async def release_lead(self, role: str, owner: str) -> None:
+        await self.pool.execute(q.LEASE_RELEASE, role, owner)
+
+    async def listen(self, on_new_job: Callable[[str], None]) -> Listener | None:
+        """LISTEN on a dedicated connection, outside the pool (PgBouncer users may point
+        ``database_url`` at the pooler; LISTEN failing there just means polling)."""
+
+        def callback(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            on_new_job(payload)
+
+        try:
+            conn = await asyncpg.connect(self.database_url)
+            await conn.add_listener(q.CHANNEL, callback)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("LISTEN %s unavailable (%s); polling instead", q.CHANNEL, exc)
+            return None
+        return _PgListener(conn, callback)
+
+    # --- reads and management ---------------------------------------------
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self.pool.fetchrow(q.JOB_GET, _uuid(job_id))
+        return _job(row) if row is not None else None
+
+    async def list_jobs(
+        self, *, queue: str | None, status: str | None, limit: int, offset: int
+    ) -> list[Job]:
+        rows = await self.pool.fetch(q.JOB_LIST, queue, status, limit, offset)
+        return [_job(r) for r in rows]
+
+    async def queue_stats(self) -> list[QueueStats]:
+        rows = await self.pool.fetch(q.QUEUE_STATS)
+        return build_queue_stats((r[0], r[1], r[2]) for r in rows)
+
+    async def cancel_job(self, job_id: str) -> bool:
+        return bool(await self.pool.execute(q.JOB_CANCEL, _uuid(job_id)) == "UPDATE 1")
+
+    async def delete_job(self, job_id: str) -> bool:
+        return bool(await self.pool.execute(q.JOB_DELETE, _uuid(job_id)) == "DELETE 1")
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        rows = await self.pool.fetch(q.WORKER_LIST)
+        return [
+            WorkerInfo(
+                id=str(r[0]), hostname=r[1], pid=r[2], queues=list(r[3]) if r[3] else None,
+                concurrency=r[4], started_at=r[5], last_heartbeat=r[6],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    # --- dead letters ------------------------------------------------------
+    async def dead_letter_list(
+        self, *, queue: str | None, task: str | None, limit: int, offset: int
+    ) -> list[DeadLetterJob]:
+        rows = await self.pool.fetch(q.DLQ_LIST, queue, task, limit, offset)
+        return [_dead(r) for r in rows]
+
+    async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
+        row = await self.pool.fetchrow(q.DLQ_GET, _uuid(job_id))
+        return _dead(row) if row is not None else None
+
+    async def dead_letter_count(self, *, queue: str | None, task: str | None) -> int:
+        return int(await self.pool.fetchval(q.DLQ_COUNT, queue, task))
+
+    async def dead_letter_replay(self, job_ids: Sequence[str]) -> dict[str, str]:
+        dead = [u for u in (_uuid(i) for i in job_ids) if u is not None]
+        new = [uuid.uuid4() for _ in dead]
+        rows = await self.pool.fetch(q.DLQ_REPLAY, dead, new)
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def dead_letter_purge(
+        self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
+    ) -> int:
+        if job_ids is not None:
+            ids = [u for u in (_uuid(i) for i in job_ids) if u is not None]
+            status = await self.pool.execute(q.DLQ_PURGE_IDS, ids)
+        else:
+            status = await self.pool.execute(q.DLQ_PURGE_FILTER, queue, task)
+        return int(status.split()[-1])
+
+    # --- schedules ---------------------------------------------------------
+    async def schedule_upsert(self, schedule: Schedule) -> Schedule:
+        s = schedule
+        row = await self.pool.fetchrow(
+            q.SCHEDULE_UPSERT, s.name, s.job_name, json.dumps(s.args), s.queue, s.priority,
+            s.cron, s.every_seconds, s.timezone, s.status, s.next_run_at,
+        )  # fmt: skip
+        return _schedule(row)
+
+    async def schedule_get(self, name: str) -> Schedule | None:
+        row = await self.pool.fetchrow(q.SCHEDULE_GET, name)
+        return _schedule(row) if row is not None else None
+
+    async def schedule_list(self, status: str | None = None) -> list[Schedule]:
+        return [_schedule(r) for r in await self.pool.fetch(q.SCHEDULE_LIST, status)]
+
+    async def schedule_set_status(
+        self, name: str, status: str, next_run_at: datetime | None = None
+    ) -> bool:
+        result = await self.pool.execute(q.SCHEDULE_SET_STATUS, name, status, next_run_at)
+        return bool(result == "UPDATE 1")
+
+    async def schedule_delete(self, name: str) -> bool:
+        return bool(await self.pool.execute(q.SCHEDULE_DELETE, name) == "DELETE 1")
+
+    async def schedule_fire(
+        self, name: str, due: datetime, next_run_at: datetime | None, job: NewJob
+    ) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            advanced = await conn.execute(q.SCHEDULE_ADVANCE, name, due, next_run_at)
+            if advanced != "UPDATE 1":
+                return False
+            await self._enqueue_on(conn, [job])
+        return True
+
+
+def _row(j: NewJob) -> tuple[Any, ...]:
+    return (j.id, j.job_name, j.args_json, j.queue, j.priority, j.max_attempts,
+            j.scheduled_at, j.dedup_key)  # fmt: skip
+
+
+def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
+    return [list(col) for col in zip(*(_row(j) for j in jobs))]
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    """Ids come from users and URLs: a malformed one simply matches nothing."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _loads(value: str | None) -> Any:
+    return json.loads(value) if value is not None else None
+
+
+def _job(r: Any) -> Job:
+    return Job(
+        id=str(r["id"]), job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], status=r["status"], attempts=r["attempts"],
+        max_attempts=r["max_attempts"], scheduled_at=r["scheduled_at"],
+        created_at=r["created_at"], updated_at=r["updated_at"], started_at=r["started_at"],
+        completed_at=r["completed_at"], result=_loads(r["result"]), last_error=r["last_error"],
+        worker_id=str(r["worker_id"]) if r["worker_id"] else None, dedup_key=r["dedup_key"],
+    )  # fmt: skip
+
+
+def _dead(r: Any) -> DeadLetterJob:
+    return DeadLetterJob(
+        id=str(r["id"]), job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], attempts=r["attempts"], max_attempts=r["max_attempts"],
+        last_error=r["last_error"], traceback=r["traceback"], created_at=r["created_at"],
+        dead_lettered_at=r["dead_lettered_at"], resurrection_count=r["resurrection_count"],
+        last_replayed_at=r["last_replayed_at"],
+    )  # fmt: skip
+
+
+def _schedule(r: Any) -> Schedule:
+    return Schedule(
+        name=r["name"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], cron=r["cron"], every_seconds=r["every_seconds"],
+        timezone=r["timezone"], status=r["status"], next_run_at=r["next_run_at"],
+        last_run_at=r["last_run_at"], created_at=r["created_at"], updated_at=r["updated_at"],
+    )  # fmt: skip
+
+
+def build_queue_stats(rows: Any) -> list[QueueStats]:
+    """(queue, status, count) triples → one ``QueueStats`` per queue, sorted by queue."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, status, n in rows:
+        per = counts.setdefault(queue, dict.fromkeys(STATUS_KEYS, 0))
+        per[status] = per.get(status, 0) + int(n)
+    return [
+        QueueStats(queue=name, total=sum(per[k] for k in STATUS_KEYS), **per)
+        for name, per in sorted(counts.items())
+    ]

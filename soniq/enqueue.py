@@ -1,0 +1,223 @@
+"""Turn an enqueue call (callable | task name | TaskRef, plus options) into a ``NewJob``.
+
+All validation happens here, before anything is written: an enqueue that would
+fail on the worker fails at the producer, with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from soniq.core.registry import JobDefinition, JobRegistry
+from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
+from soniq.job import NewJob
+from soniq.settings import SoniqSettings
+from soniq.task_ref import TaskRef
+
+MIN_PRIORITY, MAX_PRIORITY = 1, 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    priority: int | None = None
+    queue: str | None = None
+    scheduled_at: datetime | float | int | None = None
+    unique: bool | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    name: str
+    definition: JobDefinition | None
+    ref: TaskRef | None
+
+
+def build_job(
+    registry: JobRegistry,
+    settings: SoniqSettings,
+    target: Any,
+    args: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    options: EnqueueOptions,
+) -> NewJob:
+    """Validate one enqueue and produce the row to insert."""
+    resolved = _resolve(registry, settings, target, args, kwargs)
+    job_args = dict(kwargs) if args is None else dict(args)
+    if resolved.definition is not None:
+        _check_arguments(resolved.definition, job_args)
+    if resolved.ref is not None and resolved.ref.args_model is not None:
+        _validate_model(resolved.name, resolved.ref.args_model, job_args)
+    args_json = _dumps_args(resolved.name, job_args)
+    return NewJob(
+        id=str(uuid.uuid4()),
+        job_name=resolved.name,
+        args=job_args,
+        args_json=args_json,
+        queue=_queue(resolved, options),
+        priority=_priority(resolved, settings, options),
+        max_attempts=(
+            resolved.definition.max_attempts if resolved.definition else settings.max_retries + 1
+        ),
+        scheduled_at=to_utc(options.scheduled_at),
+        dedup_key=_dedup_key(resolved, options, args_json, job_args),
+    )
+
+
+def _resolve(
+    registry: JobRegistry,
+    settings: SoniqSettings,
+    target: Any,
+    args: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> _Target:
+    if isinstance(target, TaskRef):
+        _no_kwargs(kwargs, "a TaskRef")
+        return _Target(target.name, registry.get(target.name), target)
+    if isinstance(target, str):
+        _no_kwargs(kwargs, "a task-name string")
+        definition = registry.get(target)
+        if definition is None and settings.strict_task_names:
+            raise UnknownTaskError(_unknown_task_message(registry, target))
+        return _Target(target, definition, None)
+    if callable(target):
+        if args is not None and kwargs:
+            raise TypeError(
+                "enqueue() got both args= and keyword arguments; for a callable target pass "
+                "the function's arguments as keywords only, e.g. enqueue(fn, x=1)"
+            )
+        definition = registry.for_function(target)
+        if definition is None:
+            raise UnknownTaskError(
+                f"{_describe(target)} is not a registered job of this Soniq instance; "
+                "decorate it with @app.job() on the same instance you enqueue with"
+            )
+        return _Target(definition.name, definition, None)
+    raise TypeError(
+        f"enqueue() target must be a job function, a task-name string or a TaskRef, "
+        f"not {type(target).__name__}"
+    )
+
+
+def _no_kwargs(kwargs: Mapping[str, Any], shape: str) -> None:
+    if kwargs:
+        names = ", ".join(sorted(kwargs))
+        raise TypeError(
+            f"enqueue() with {shape} takes the job's arguments in args={{...}}, "
+            f"not as keywords (got {names}); keywords would collide with enqueue options"
+        )
+
+
+def _unknown_task_message(registry: JobRegistry, name: str) -> str:
+    known = registry.names()
+    hint = f" Registered: {', '.join(known[:10])}." if known else " No jobs are registered."
+    return (
+        f"Unknown task name {name!r}.{hint} Register it with @app.job(name={name!r}), "
+        "import the module that defines it, or enqueue through a TaskRef for a task "
+        "implemented by another service."
+    )
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _check_arguments(definition: JobDefinition, job_args: dict[str, Any]) -> None:
+    try:
+        definition.signature.bind(**job_args)
+    except TypeError as exc:
+        raise JobValidationError(
+            f"Arguments {sorted(job_args)} do not fit {definition.name}{definition.signature}: "
+            f"{exc}. Pass exactly the handler's parameters."
+        ) from None
+    if definition.args_model is not None:
+        _validate_model(definition.name, definition.args_model, job_args)
+
+
+def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> None:
+    try:
+        model.model_validate(job_args)
+    except Exception as exc:  # noqa: BLE001 - pydantic.ValidationError and friends
+        raise JobValidationError(
+            f"Arguments for {name} failed validation against {model.__name__}: {exc}"
+        ) from None
+
+
+def _dumps_args(name: str, job_args: dict[str, Any]) -> str:
+    try:
+        return json.dumps(job_args, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"Arguments for {name} are not JSON-serialisable ({exc}); pass plain values "
+            "(str, int, float, bool, None, lists, dicts) such as ids instead of objects"
+        ) from None
+
+
+def _queue(resolved: _Target, options: EnqueueOptions) -> str:
+    if options.queue is not None:
+        if not isinstance(options.queue, str) or not options.queue:
+            raise JobValidationError("queue= must be a non-empty string")
+        return options.queue
+    if resolved.definition is not None:
+        return resolved.definition.queue
+    if resolved.ref is not None and resolved.ref.default_queue:
+        return resolved.ref.default_queue
+    return "default"
+
+
+def _priority(resolved: _Target, settings: SoniqSettings, options: EnqueueOptions) -> int:
+    priority = options.priority
+    if priority is None and resolved.definition is not None:
+        priority = resolved.definition.priority
+    if priority is None and resolved.ref is not None:
+        priority = resolved.ref.default_priority
+    if priority is None:
+        priority = settings.priority
+    check_priority(priority)
+    return priority
+
+
+def check_priority(priority: Any) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise JobValidationError(f"priority must be an int from 1 to 1000, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise JobValidationError(
+            f"priority {priority} is out of range; use 1 (most urgent) to 1000 (least urgent)"
+        )
+
+
+def _dedup_key(
+    resolved: _Target, options: EnqueueOptions, args_json: str, job_args: dict[str, Any]
+) -> str | None:
+    if options.dedup_key is not None:
+        return str(options.dedup_key)
+    unique = options.unique
+    if unique is None:
+        unique = resolved.definition.unique if resolved.definition else False
+    if not unique:
+        return None
+    canonical = json.dumps(job_args, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{resolved.name}:{digest}"
+
+
+def to_utc(value: datetime | float | int | None) -> datetime | None:
+    """Aware datetimes convert to UTC; naive ones are taken as UTC; numbers are seconds from now."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.now(timezone.utc) + timedelta(seconds=float(value))
+    raise JobValidationError(
+        f"scheduled_at/run_at must be a datetime or seconds from now, got {type(value).__name__}"
+    )
+

@@ -1,0 +1,77 @@
+"""Stable exception classes. Every message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class SoniqError(Exception):
+    """Base class of every error Soniq raises on purpose."""
+
+
+class ConfigurationError(SoniqError, ValueError):
+    """A setting or constructor argument is invalid."""
+
+
+class DatabaseUnavailableError(SoniqError, ConnectionError):
+    """The database cannot be reached."""
+
+
+class SchemaMissingError(SoniqError):
+    """Soniq's tables are not there: ``soniq setup`` has not been run on this database."""
+
+
+class MigrationError(SoniqError):
+    """A migration file failed; nothing of that file was applied."""
+
+
+class JobRegistrationError(SoniqError, ValueError):
+    """A ``@app.job`` / hook registration is invalid."""
+
+
+class EnqueueError(SoniqError, ValueError):
+    """An enqueue was refused; nothing was written."""
+
+
+class UnknownTaskError(EnqueueError, LookupError):
+    """A task name that no ``@app.job`` registered."""
+
+
+class JobValidationError(EnqueueError):
+    """Arguments that do not bind to the handler or fail its ``validate=`` model."""
+
+
+class SerializationError(EnqueueError, TypeError):
+    """Arguments or a result that are not JSON-serialisable."""
+
+
+class JobNotFoundError(SoniqError, LookupError):
+    """No job (or dead-letter entry) with that id."""
+
+
+class JobTimeoutError(SoniqError, TimeoutError):
+    """A job attempt ran past its timeout."""
+
+
+class DiscoveryError(SoniqError):
+    """``SONIQ_JOBS_MODULES`` could not be imported or names no Soniq instance."""
+
+
+class WorkerError(SoniqError):
+    """A worker cannot start (for example, its pool is too small for its concurrency)."""
+
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "DiscoveryError",
+    "EnqueueError",
+    "JobNotFoundError",
+    "JobRegistrationError",
+    "JobTimeoutError",
+    "JobValidationError",
+    "MigrationError",
+    "SchemaMissingError",
+    "SerializationError",
+    "SoniqError",
+    "UnknownTaskError",
+    "WorkerError",
+]

@@ -1,0 +1,1 @@
+"""SQL for each dialect: runtime statements as named constants, schema as numbered files."""

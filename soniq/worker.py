@@ -1,0 +1,442 @@
+"""The worker: claim a batch → run each job as a task → ack outcomes in batches.
+
+Read top to bottom:
+
+* ``run`` / ``run_once`` start one loop (``_loop``) that claims as many jobs as
+  there are free slots in one query, and sleeps on NOTIFY (or ``poll_interval``)
+  when there is nothing to do.
+* ``_execute`` runs one attempt and turns it into an ``Outcome`` value; it never
+  touches the database. Outcomes are buffered and ``_ack_loop`` writes whatever
+  has accumulated in one statement per kind, as soon as the previous write ends.
+* Side loops: heartbeat, maintenance (recover jobs of dead workers, prune
+  expired results; one leader at a time), and signal-driven shutdown that
+  requeues unfinished jobs without spending their attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from soniq.backends import Listener, StorageBackend
+from soniq.core.registry import JobDefinition, JobRegistry
+from soniq.errors import WorkerError
+from soniq.hooks import HookSet
+from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
+from soniq.retry import retry_delay_seconds
+from soniq.settings import SoniqSettings
+
+log = logging.getLogger("soniq.worker")
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _timeout(delay: float | None) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(delay, task.cancel) if delay else None
+        try:
+            yield
+        except asyncio.CancelledError:
+            if handle is not None and handle.when() <= asyncio.get_running_loop().time():
+                raise TimeoutError from None
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+
+class _Attempt(Exception):
+    """Internal: an attempt failed with this error text and traceback."""
+
+    def __init__(self, error: str, tb: str | None, exc: BaseException) -> None:
+        super().__init__(error)
+        self.error, self.tb, self.exc = error, tb, exc
+
+
+class Worker:
+    """Runs jobs from one backend with the handlers of one registry.
+
+    Example::
+
+        worker = Worker(backend=app.backend, registry=app._get_job_registry())
+        await worker.run_once(queues=["emails"], max_jobs=10)
+    """
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        registry: JobRegistry,
+        settings: SoniqSettings | None = None,
+        hooks: dict[str, list[Callable[..., Any]]] | HookSet | None = None,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings if settings is not None else SoniqSettings()
+        self.hooks = hooks if isinstance(hooks, HookSet) else HookSet.from_dict(hooks)
+        self.worker_id = str(uuid.uuid4())
+        self._timeout_default = self.settings.effective_job_timeout
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._running: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._acks: list[Ack] = []
+        self._wake = asyncio.Event()
+        self._acks_ready = asyncio.Event()
+        self._stopping = False
+        self._force = False
+        self._processed = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    # --- entry points ------------------------------------------------------
+    async def run(
+        self, concurrency: int = 4, run_once: bool = False, queues: list[str] | None = None
+    ) -> bool:
+        """Process jobs until stopped (SIGINT/SIGTERM or cancellation). True if any ran."""
+        if run_once:
+            return await self._loop(concurrency, queues, drain=True, max_jobs=None)
+        with self._signal_handlers():
+            return await self._loop(concurrency, queues, drain=False, max_jobs=None)
+
+    async def run_once(self, queues: list[str] | None = None, max_jobs: int | None = None) -> bool:
+        """Process what is available now (at most ``max_jobs``) and return. True if any ran."""
+        return await self._loop(1, queues, drain=True, max_jobs=max_jobs)
+
+    def stop(self) -> None:
+        """Ask the loop to stop claiming and shut down gracefully (thread-unsafe; loop only)."""
+        self._stopping = True
+        self._wake.set()
+
+    # --- the loop ----------------------------------------------------------
+    async def _loop(
+        self, concurrency: int, queues: Sequence[str] | None, *, drain: bool, max_jobs: int | None
+    ) -> bool:
+        self._check_capacity(concurrency)
+        self._reset_state()
+        queues = list(queues) if queues else None
+        side = await self._start(concurrency, queues, listen=not drain)
+        try:
+            while not self._stopping:
+                free = concurrency - len(self._running)
+                if max_jobs is not None:
+                    free = min(free, max_jobs - self._processed - len(self._running))
+                    if free <= 0 and not self._running:
+                        break
+                self._wake.clear()  # set again by a finished job, a NOTIFY or stop()
+                if free <= 0:
+                    await self._wait(None)
+                    continue
+                jobs = await self._claim(queues, free)
+                if jobs:
+                    self._start_jobs(jobs)
+                elif drain and not self._running:
+                    break
+                else:
+                    await self._wait(None if drain else self.settings.poll_interval)
+        finally:
+            await self._shutdown(side)
+        return self._processed > 0
+
+    async def _claim(self, queues: Sequence[str] | None, limit: int) -> list[ClaimedJob]:
+        try:
+            return await self.backend.claim(queues, self.worker_id, limit)
+        except Exception as exc:  # noqa: BLE001 - database lost: back off, keep going
+            log.error(
+                "Claiming jobs failed (%s: %s); retrying in %ss",
+                type(exc).__name__, exc, self.settings.error_retry_delay,
+            )  # fmt: skip
+            await self._wait(self.settings.error_retry_delay)
+            return []
+
+    def _start_jobs(self, jobs: list[ClaimedJob]) -> None:
+        jobs.sort(key=lambda j: (j.priority, j.scheduled_at or _EPOCH))
+        for job in jobs:
+            task = asyncio.create_task(self._execute(job))
+            self._running[task] = job
+            task.add_done_callback(self._job_finished)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._processed += 1
+        self._wake.set()
+
+    async def _wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # --- one attempt -------------------------------------------------------
+    async def _execute(self, job: ClaimedJob) -> None:
+        """Run one attempt and buffer its outcome; a cancelled attempt is requeued unspent."""
+        try:
+            outcome = await self._attempt(job)
+        except asyncio.CancelledError:
+            self._push(Ack(job, Requeue()))
+            raise
+        self._push(Ack(job, outcome))
+
+    def _push(self, ack: Ack) -> None:
+        self._acks.append(ack)
+        self._acks_ready.set()
+
+    async def _attempt(self, job: ClaimedJob) -> Outcome:
+        definition = self.registry.get(job.job_name)
+        if definition is None:
+            return self._failed(job, None, _unknown_task(job.job_name), None)
+        ctx = JobContext(
+            job.id, job.job_name, job.attempt, job.max_attempts, job.queue,
+            self.worker_id, job.scheduled_at, job.created_at,
+        )  # fmt: skip
+        hooks = self.hooks
+        if hooks.before_job:
+            await hooks.run("before_job", ctx)
+        started = time.perf_counter()
+        try:
+            result_json = await self._call(definition, job, ctx)
+        except _Attempt as failure:
+            if hooks.on_error:
+                await hooks.run("on_error", ctx, failure.exc)
+            return self._failed(job, definition, failure.error, failure.tb)
+        if hooks.after_job:
+            await hooks.run("after_job", ctx, (time.perf_counter() - started) * 1000.0)
+        return Done(result_json)
+
+    async def _call(self, definition: JobDefinition, job: ClaimedJob, ctx: JobContext) -> str | None:
+        kwargs = job.args
+        if definition.context_param is not None:
+            kwargs = {**kwargs, definition.context_param: ctx}
+        timeout = definition.timeout if definition.timeout is not None else self._timeout_default
+        try:
+            if timeout:
+                async with _timeout(timeout):
+                    result = await self._invoke(definition, kwargs)
+            else:
+                result = await self._invoke(definition, kwargs)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            if not timeout:
+                raise _Attempt(_describe(exc), traceback.format_exc(), exc) from None
+            error = TimeoutError(f"job exceeded its {timeout:g}s timeout")
+            raise _Attempt(f"TimeoutError: {error}", None, error) from None
+        except Exception as exc:  # noqa: BLE001 - every handler error is a failed attempt
+            raise _Attempt(_describe(exc), traceback.format_exc(), exc) from None
+        return _dump_result(result)
+
+    def _invoke(self, definition: JobDefinition, kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if definition.is_async:
+            coro: Awaitable[Any] = definition.func(**kwargs)
+            return coro
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(self._concurrency, 1), thread_name_prefix="soniq-sync"
+            )
+        call = functools.partial(definition.func, **kwargs)
+        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _failed(
+        self, job: ClaimedJob, definition: JobDefinition | None, error: str, tb: str | None
+    ) -> Outcome:
+        if job.attempt >= job.max_attempts:
+            return Fail(error, tb)
+        delay = 0.0
+        if definition is not None:
+            delay = retry_delay_seconds(
+                job.attempt, definition.retry_delay, definition.retry_backoff,
+                definition.retry_max_delay,
+            )  # fmt: skip
+        return Retry(datetime.now(timezone.utc) + timedelta(seconds=delay), error)
+
+    # --- acks --------------------------------------------------------------
+    async def _ack_loop(self) -> None:
+        """Write every buffered outcome in one backend call, as soon as the last one ended."""
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                await self.backend.ack(batch, result_ttl=self.settings.result_ttl)
+            except Exception as exc:  # noqa: BLE001 - keep the outcomes, try again
+                self._acks[:0] = batch
+                log.error("Recording %d job outcomes failed (%s); retrying", len(batch), exc)
+                await asyncio.sleep(self.settings.error_retry_delay)
+
+    # --- start, side loops, shutdown --------------------------------------
+    def _check_capacity(self, concurrency: int) -> None:
+        if concurrency < 1:
+            raise WorkerError(f"concurrency must be at least 1, got {concurrency}")
+        need = concurrency + self.settings.pool_headroom
+        if self.backend.name == "postgres" and self.settings.pool_max_size < need:
+            raise WorkerError(
+                f"The connection pool is too small for concurrency {concurrency}: "
+                f"pool_max_size is {self.settings.pool_max_size}, need at least {need} "
+                f"(concurrency + pool_headroom). Raise SONIQ_POOL_MAX_SIZE (pool_max_size) "
+                "or lower the concurrency."
+            )
+        self._concurrency = concurrency
+
+    async def _start(
+        self, concurrency: int, queues: list[str] | None, *, listen: bool
+    ) -> list[Any]:
+        await self.backend.open()
+        info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), queues, concurrency)
+        await self.backend.register_worker(info)
+        self._info = info
+        listener = await self.backend.listen(self._on_notify(queues)) if listen else None
+        log.info(
+            "Worker %s started (queues=%s, concurrency=%d, %s)", self.worker_id,
+            ",".join(queues) if queues else "all", concurrency,
+            "LISTEN/NOTIFY" if listener else "polling",
+        )  # fmt: skip
+        tasks = [
+            asyncio.create_task(self._ack_loop(), name="soniq-acks"),
+            asyncio.create_task(self._heartbeat_loop(), name="soniq-heartbeat"),
+        ]
+        if listen:  # long-running workers also sweep; a drain (run_once) just works
+            tasks.append(asyncio.create_task(self._maintenance_loop(), name="soniq-maintenance"))
+        return [listener, tasks]
+
+    def _on_notify(self, queues: list[str] | None) -> Callable[[str], None]:
+        wanted = set(queues) if queues else None
+
+        def wake(queue: str) -> None:
+            if wanted is None or queue in wanted:
+                self._wake.set()
+
+        return wake
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                if not await self.backend.heartbeat(self.worker_id):
+                    log.warning("Worker %s was declared dead; re-registering", self.worker_id)
+                    await self.backend.register_worker(self._info)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("Heartbeat failed: %s", exc)
+
+    async def _maintenance_loop(self) -> None:
+        """Recover jobs of dead workers and prune expired results, one leader at a time."""
+        interval = self.settings.cleanup_interval
+        while True:
+            try:
+                if await self.backend.try_lead("maintenance", self.worker_id, interval * 3):
+                    recovered = await self.backend.recover_stale(self.settings.heartbeat_timeout)
+                    pruned = await self.backend.prune()
+                    if recovered:
+                        log.warning("Recovered %d jobs from lost workers", recovered)
+                    log.debug("Pruned %d expired jobs", pruned)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("Maintenance sweep failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _shutdown(self, side: list[Any]) -> None:
+        """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
+        listener: Listener | None
+        listener, tasks = side
+        self._stopping = True
+        if self._running and not self._force:
+            await asyncio.wait(list(self._running), timeout=self._grace())
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._quietly(self._flush(), 10.0)
+        await self._quietly(self.backend.deregister_worker(self.worker_id), 5.0)
+        await self._quietly(self.backend.release_lead("maintenance", self.worker_id), 5.0)
+        if listener is not None:
+            await self._quietly(listener.close(), 5.0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("Worker %s stopped after %d jobs", self.worker_id, self._processed)
+
+    def _grace(self) -> float:
+        task = asyncio.current_task()
+        cancelled = task is not None and task.cancelling() if sys.version_info >= (3, 11) else False
+        return 0.0 if cancelled else self.settings.shutdown_timeout
+
+    @staticmethod
+    async def _quietly(aw: Awaitable[Any], timeout: float) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on
+            log.warning("Shutdown step failed: %r", exc)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Any:
+        """SIGINT/SIGTERM: stop gracefully; a second signal cancels running jobs at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self._stopping:
+                log.warning("Second signal: cancelling running jobs now")
+                self._force = True
+                for task in list(self._running):
+                    task.cancel()
+                return
+            log.info("Received %s: finishing running jobs", signal.Signals(signum).name)
+            self.stop()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _unknown_task(name: str) -> str:
+    return (
+        f"UnknownTaskError: no handler registered for task {name!r} in this worker; "
+        "make sure SONIQ_JOBS_MODULES imports the module that defines it"
+    )
+
+
+def _dump_result(result: Any) -> str | None:
+    if result is None:
+        return None
+    try:
+        return json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        error = TypeError(
+            f"job returned a {type(result).__name__}, which is not JSON-serialisable ({exc}); "
+            "return plain data (dict, list, str, numbers) or store it elsewhere"
+        )
+        raise _Attempt(_describe(error), None, error) from None
