@@ -42,9 +42,9 @@ class SoniqSettings(BaseSettings):
     concurrency: int = Field(
         default=4,
         ge=1,
-        validation_alias=AliasChoices(
-            "concurrency", "SONIQ_CONCURRENCY", "SONIQ_WORKER_CONCURRENCY"
-        ),
+        # Env names only: a bare "concurrency" alias would also read an unprefixed
+        # CONCURRENCY env var. The kwarg still works through populate_by_name.
+        validation_alias=AliasChoices("SONIQ_CONCURRENCY", "SONIQ_WORKER_CONCURRENCY"),
     )
     max_retries: int = Field(default=3, ge=0)
     priority: int = Field(default=100, ge=1, le=1000)
@@ -83,14 +83,17 @@ class SoniqSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_pool(self) -> SoniqSettings:
+        # Only a concurrency that was asked for is checked here: a producer-only
+        # instance with a small pool is fine. The worker re-checks the concurrency
+        # it actually runs with.
         need = self.concurrency + self.pool_headroom
-        if self.pool_max_size < need:
+        if "concurrency" in self.model_fields_set and self.pool_max_size < need:
             raise ValueError(
                 f"pool_max_size ({self.pool_max_size}) must be at least concurrency "
                 f"({self.concurrency}) + pool_headroom ({self.pool_headroom}) = {need}; "
                 "raise SONIQ_POOL_MAX_SIZE or lower SONIQ_CONCURRENCY"
             )
-        if self.pool_min_size > self.pool_max_size:
+        if "pool_min_size" in self.model_fields_set and self.pool_min_size > self.pool_max_size:
             raise ValueError(
                 f"pool_min_size ({self.pool_min_size}) is larger than pool_max_size "
                 f"({self.pool_max_size}); lower SONIQ_POOL_MIN_SIZE"

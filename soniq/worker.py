@@ -274,6 +274,11 @@ class Worker:
             batch, self._acks = self._acks, []
             try:
                 await self.backend.ack(batch, result_ttl=self.settings.result_ttl)
+            except asyncio.CancelledError:
+                # Shutdown cancels the ack loop, possibly mid-write: keep the batch so
+                # the final flush writes it (acks are idempotent thanks to the lease).
+                self._acks[:0] = batch
+                raise
             except Exception as exc:  # noqa: BLE001 - keep the outcomes, try again
                 self._acks[:0] = batch
                 log.error("Recording %d job outcomes failed (%s); retrying", len(batch), exc)
