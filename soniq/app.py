@@ -158,7 +158,9 @@ class Soniq:
             priority=self.settings.priority if priority is None else priority,
             queue=queue,
             unique=unique,
-            retry_delay=list(retry_delay) if isinstance(retry_delay, (list, tuple)) else retry_delay,
+            retry_delay=(
+                list(retry_delay) if isinstance(retry_delay, (list, tuple)) else retry_delay
+            ),
             retry_backoff=retry_backoff,
             retry_max_delay=retry_max_delay,
             timeout=timeout,
@@ -375,11 +377,16 @@ def _make_settings(overrides: dict[str, Any]) -> SoniqSettings:
     try:
         return SoniqSettings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(f"{_setting_label(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigurationError(f"Invalid Soniq settings: {problems}") from None
+
+
+def _setting_label(loc: tuple[Any, ...]) -> str:
+    """``concurrency (SONIQ_CONCURRENCY)`` whether the value came from a kwarg or an env alias."""
+    if not loc:
+        return "settings"
+    name = str(loc[0]).lower().removeprefix("soniq_").removeprefix("worker_")
+    return f"{name} (SONIQ_{name.upper()})"
 
 
 def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:

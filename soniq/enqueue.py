@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -143,15 +144,25 @@ def _check_arguments(definition: JobDefinition, job_args: dict[str, Any]) -> Non
 def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> None:
     try:
         model.model_validate(job_args)
-    except Exception as exc:  # noqa: BLE001 - pydantic.ValidationError and friends
+    except Exception as exc:
         raise JobValidationError(
             f"Arguments for {name} failed validation against {model.__name__}: {exc}"
         ) from None
 
 
+# A JSON "\u0000" escape (not preceded by an escaping backslash): PostgreSQL's jsonb rejects it.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _dumps_args(name: str, job_args: dict[str, Any]) -> str:
     try:
-        return json.dumps(job_args, separators=(",", ":"))
+        # Strict JSON, as jsonb accepts it: no NaN/Infinity, no NUL, no lone surrogates.
+        text = json.dumps(job_args, separators=(",", ":"), allow_nan=False)
+        if "\\u0000" in text and _NUL_ESCAPE.search(text):
+            raise ValueError("a string holds a NUL character (\\u0000); PostgreSQL rejects it")
+        if "\\ud" in text:  # surrogate escapes: fine in pairs, not alone
+            json.dumps(job_args, ensure_ascii=False).encode("utf-8")
+        return text
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"Arguments for {name} are not JSON-serialisable ({exc}); pass plain values "
@@ -220,4 +231,3 @@ def to_utc(value: datetime | float | int | None) -> datetime | None:
     raise JobValidationError(
         f"scheduled_at/run_at must be a datetime or seconds from now, got {type(value).__name__}"
     )
-

@@ -132,6 +132,11 @@ class DeadLetterJob:
         """The shape ``get_job`` returns for a dead-lettered id (status ``dead_letter``)."""
         d = self.to_dict()
         d["status"] = JobStatus.DEAD_LETTER.value
+        # Same keys as a live job's record, so callers can read e.g. ["result"] blindly.
+        for key in ("scheduled_at", "updated_at", "started_at", "completed_at", "result",
+                    "worker_id", "dedup_key"):  # fmt: skip
+            d.setdefault(key, None)
+        d["updated_at"] = self.dead_lettered_at
         return d
 
 

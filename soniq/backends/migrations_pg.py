@@ -21,7 +21,7 @@ from soniq.sql import postgres_queries as q
 
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every packaged migration, in order."""
-    folder = resources.files("soniq.sql").joinpath("migrations", "postgres")
+    folder = resources.files("soniq.sql").joinpath("migrations").joinpath("postgres")
     files = sorted(
         (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
     )
@@ -51,8 +51,10 @@ async def ensure_database(url: str) -> bool:
     admin = await _connect(urlunsplit(parts._replace(path="/postgres")))
     try:
         await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
-    except asyncpg.DuplicateDatabaseError:
-        return False  # another `soniq setup` created it a moment ago
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # Another `soniq setup` created it a moment ago. Two CREATE DATABASE racing
+        # each other report a unique violation on pg_database, not DuplicateDatabase.
+        return False
     finally:
         await admin.close()
     return True
@@ -76,9 +78,7 @@ async def apply_migrations(url: str) -> MigrationReport:
             await conn.execute("SELECT pg_advisory_unlock($1)", q.MIGRATION_LOCK_KEY)
     finally:
         await conn.close()
-    return MigrationReport(
-        applied=applied, already_applied=sorted(done), database_created=created
-    )
+    return MigrationReport(applied=applied, already_applied=sorted(done), database_created=created)
 
 
 async def _apply_one(conn: Any, name: str, sql: str) -> None:
