@@ -1,0 +1,676 @@
+"""SQLite backend on aiosqlite: the embedded backend for development and small deployments.
+
+One connection per backend object, used by one coroutine at a time (an
+``asyncio.Lock``): a SQLite connection cannot interleave transactions. Across
+processes, every write runs in ``BEGIN IMMEDIATE``, which takes the database's
+single write lock before reading anything; two workers therefore never see the
+same queued row as claimable, and a transaction never fails half-way on a lock
+upgrade. A ``BEGIN`` that finds the lock taken waits (``busy_timeout``) and is
+retried until a deadline.
+
+Timestamps are stored as INTEGER microseconds since the epoch (UTC): exact,
+sortable, and compared for equality by ``schedule_fire``. All SQL lives in
+:mod:`soniq.sql.sqlite_queries` and ``soniq/sql/migrations/sqlite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+from soniq.backends import Listener, MigrationInfo, MigrationReport
+from soniq.backends._common import (
+    UTC,
+    InProcessListeners,
+    build_queue_stats,
+    check_schedule_status,
+    normalize_id,
+    reject_connection,
+    to_utc,
+    utc_now,
+)
+from soniq.errors import DatabaseUnavailableError, MigrationError
+from soniq.job import (
+    Ack,
+    ClaimedJob,
+    DeadLetterJob,
+    Done,
+    Fail,
+    Job,
+    NewJob,
+    QueueStats,
+    Requeue,
+    Retry,
+    Schedule,
+    WorkerInfo,
+)
+from soniq.sql import sqlite_queries as q
+
+if TYPE_CHECKING:
+    from soniq.settings import SoniqSettings
+
+log = logging.getLogger("soniq.sqlite")
+
+DEFAULT_PATH = "soniq.db"
+# How long a write keeps retrying BEGIN IMMEDIATE (each try already waits
+# busy_timeout) before reporting the database as unavailable.
+BUSY_RETRY_SECONDS = 30.0
+# Rows deleted per prune transaction (other writers get the lock in between).
+PRUNE_CHUNK = 2000
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+Params = dict[str, Any]
+T = TypeVar("T")
+
+
+def _us(value: datetime) -> int:
+    """A datetime as integer microseconds since the epoch (naive taken as UTC)."""
+    return (to_utc(value) - _EPOCH) // _MICROSECOND
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _loads(value: str | None) -> Any:
+    return json.loads(value) if value is not None else None
+
+
+class SQLiteBackend:
+    """``StorageBackend`` on one SQLite file (WAL mode), safe for several worker processes.
+
+    Example::
+
+        app = Soniq(database_url="jobs.db")          # or backend=SQLiteBackend("jobs.db", s)
+    """
+
+    name = "sqlite"
+    supports_transactions = False
+    supports_notify = False
+
+    def __init__(self, path: str = DEFAULT_PATH, settings: SoniqSettings | None = None) -> None:
+        self.path = path or DEFAULT_PATH
+        self.settings = settings
+        self._conn: aiosqlite.Connection | None = None
+        self._migrated = False
+        self._lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+        self._listeners = InProcessListeners()
+        self._rng = random.Random()
+
+    # --- lifecycle ---------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, and create or upgrade the schema if migrations are pending.
+
+        SQLite needs no server and no ``soniq setup``: the file is created on
+        first use.
+        """
+        if self._migrated and self._conn is not None:
+            return
+        conn = await self._connection()
+        async with self._open_lock:
+            if not self._migrated:
+                await self._apply_migrations(conn)
+                self._migrated = True
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._migrated = False
+        if conn is not None:
+            async with self._lock:  # let an in-flight transaction finish first
+                await conn.close()
+
+    async def migrate(self) -> MigrationReport:
+        report = await self._apply_migrations(await self._connection())
+        self._migrated = True
+        return report
+
+    async def migration_status(self) -> list[MigrationInfo]:
+        conn = await self._connection()
+        async with self._lock:
+            present = await _fetchall(conn, q.MIGRATIONS_TABLE_PRESENT, {})
+            rows = await _fetchall(conn, q.MIGRATIONS_APPLIED, {}) if present else []
+        applied = {r["name"]: _dt(r["applied_at"]) for r in rows}
+        return [
+            MigrationInfo(name=name, applied=name in applied, applied_at=applied.get(name))
+            for name, _ in migration_files()
+        ]
+
+    async def _connection(self) -> aiosqlite.Connection:
+        """The open connection, connecting (without migrating) on first use."""
+        if self._conn is not None:
+            return self._conn
+        async with self._open_lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            return self._conn
+
+    def _check_folder(self) -> None:
+        """Fail early on a missing directory: a failed ``aiosqlite.connect`` leaves
+        its thread to finish on its own, possibly after the caller's loop closed."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if self.path != ":memory:" and not os.path.isdir(folder):
+            raise self._unavailable(FileNotFoundError(f"directory {folder} does not exist"))
+
+    async def _connect(self) -> aiosqlite.Connection:
+        self._check_folder()
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
+        conn.row_factory = sqlite3.Row
+        try:
+            for pragma in (q.PRAGMA_BUSY_TIMEOUT, q.PRAGMA_JOURNAL_WAL, q.PRAGMA_SYNCHRONOUS):
+                # Switching a new file to WAL can report "locked" at once, without
+                # waiting busy_timeout, while another process does the same.
+                await self._retry_busy(functools.partial(_run, conn, pragma, {}))
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._unavailable(exc) from None
+            raise
+        return conn
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"Cannot use the SQLite database {self.path!r}: {exc}. Check that its directory "
+            "exists and is writable and that the file is a SQLite database, or point "
+            "SONIQ_DATABASE_URL at another path."
+        )
+
+    async def _apply_migrations(self, conn: aiosqlite.Connection) -> MigrationReport:
+        """Apply pending files, each in its own write transaction with its record.
+
+        The applied set is re-read inside each transaction, so processes that
+        migrate at once apply every file exactly once.
+        """
+        applied: list[str] = []
+        already: list[str] = []
+        for name, sql in migration_files():
+            async with self._transaction(conn):
+                await conn.execute(q.MIGRATIONS_TABLE)
+                done = {r["name"] for r in await conn.execute_fetchall(q.MIGRATIONS_APPLIED)}
+                if name in done:
+                    already.append(name)
+                    continue
+                await self._run_migration(conn, name, sql)
+                applied.append(name)
+        return MigrationReport(applied=applied, already_applied=already)
+
+    @staticmethod
+    async def _run_migration(conn: aiosqlite.Connection, name: str, sql: str) -> None:
+        try:
+            for statement in split_statements(sql):
+                await conn.execute(statement)
+            await conn.execute(q.MIGRATION_RECORD, {"name": name, "now": _us(utc_now())})
+        except sqlite3.Error as exc:
+            raise MigrationError(
+                f"SQLite migration {name} failed and was rolled back: {exc}. Nothing of "
+                f"{name} was applied; check the file is a Soniq database (or use a new path) "
+                "and try again."
+            ) from None
+
+    # --- transactions ------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on any exception.
+
+        A cancelled statement keeps running on aiosqlite's thread; the ROLLBACK
+        is queued behind it on that same thread, so nothing is left half done.
+        """
+        async with self._lock:
+            await self._begin(conn)
+            try:
+                yield conn
+                await conn.execute(q.COMMIT)
+            except BaseException:
+                await _rollback(conn)
+                raise
+
+    async def _begin(self, conn: aiosqlite.Connection) -> None:
+        await self._retry_busy(functools.partial(_run, conn, q.BEGIN_WRITE, {}))
+
+    async def _retry_busy(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` again while SQLite reports the database busy, up to a deadline.
+
+        Only for statements that are safe to repeat: BEGIN, PRAGMAs and reads.
+        """
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        delay = 0.002
+        while True:
+            try:
+                return await attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise self._unavailable(exc) from None
+            # Jitter, so that processes that collided do not collide again in step.
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(delay * 2, 0.1)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        await self.open()
+        async with self._transaction(await self._connection()) as conn:
+            yield conn
+
+    async def _fetch(self, sql: str, params: Params) -> list[sqlite3.Row]:
+        """A read outside any transaction (autocommit: one consistent snapshot)."""
+        await self.open()
+        conn = await self._connection()
+        async with self._lock:
+            return await self._retry_busy(functools.partial(_fetchall, conn, sql, params))
+
+    async def _fetch_one(self, sql: str, params: Params) -> sqlite3.Row | None:
+        rows = await self._fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def _change(self, sql: str, params: Params) -> int:
+        """Run one write statement in its own transaction; returns the affected row count."""
+        async with self._write() as conn:
+            return await _changes(conn, sql, params)
+
+    # --- producing ---------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        reject_connection(connection, self.name)
+        if not jobs:
+            return []
+        async with self._write() as conn:
+            ids = await _insert(conn, jobs, _us(utc_now()))
+        self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
+        return ids
+
+    # --- working -----------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        lease = str(uuid.uuid4())
+        params: Params = {
+            "worker_id": worker_id, "lease": lease, "now": _us(utc_now()), "limit": limit,
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = await _claim_rows(conn, queues, params)
+        rows.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["created_at"]))
+        return [_claimed(r, lease) for r in rows]
+
+    async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
+        if not acks:
+            return
+        batches = _ack_batches(acks, utc_now(), result_ttl)
+        async with self._write() as conn:
+            for sql, rows in batches:
+                await conn.executemany(sql, rows)
+        self._listeners.notify(a.job.queue for a in acks if isinstance(a.outcome, (Retry, Requeue)))
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._change(
+            q.WORKER_REGISTER,
+            {
+                "id": info.id, "hostname": info.hostname, "pid": info.pid,
+                "queues": json.dumps(list(info.queues)) if info.queues else None,
+                "concurrency": info.concurrency, "now": _us(utc_now()),
+            },
+        )  # fmt: skip
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        params = {"id": worker_id, "now": _us(utc_now())}
+        return await self._change(q.WORKER_HEARTBEAT, params) > 0
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._change(q.WORKER_DEREGISTER, {"id": worker_id})
+
+    async def recover_stale(self, heartbeat_timeout: float) -> int:
+        now = utc_now()
+        cutoff = _us(now - timedelta(seconds=heartbeat_timeout))
+        stamp = {"now": _us(now)}
+        async with self._write() as conn:
+            await conn.execute(q.WORKER_DELETE_STALE, {"cutoff": cutoff})
+            requeued = list(await conn.execute_fetchall(q.JOB_RECOVER_REQUEUE, stamp))
+            await conn.execute(q.JOB_RECOVER_DEAD_COPY, stamp)
+            buried = await _changes(conn, q.JOB_RECOVER_DEAD_DELETE, {})
+        self._listeners.notify(r["queue"] for r in requeued)
+        return len(requeued) + buried
+
+    async def prune(self) -> int:
+        params = {"now": _us(utc_now()), "limit": PRUNE_CHUNK}
+        total = 0
+        while True:
+            removed = await self._change(q.JOB_PRUNE, params)
+            total += removed
+            if removed < PRUNE_CHUNK:
+                return total
+
+    async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
+        now = utc_now()
+        params = {
+            "role": role, "owner": owner, "now": _us(now),
+            "expires_at": _us(now + timedelta(seconds=ttl)),
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(q.LEASE_TAKE, params))
+        return bool(rows)
+
+    async def release_lead(self, role: str, owner: str) -> None:
+        await self._change(q.LEASE_RELEASE, {"role": role, "owner": owner})
+
+    async def listen(self, on_new_job: Callable[[str], None]) -> Listener | None:
+        """Wakes on enqueues made through this backend object; other processes are polled."""
+        return self._listeners.add(on_new_job)
+
+    # --- reads and management ---------------------------------------------
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._fetch_one(q.JOB_GET, {"id": normalize_id(job_id)})
+        return _job(row) if row is not None else None
+
+    async def list_jobs(
+        self, *, queue: str | None, status: str | None, limit: int, offset: int
+    ) -> list[Job]:
+        params = {"queue": queue, "status": status, "limit": limit, "offset": offset}
+        return [_job(r) for r in await self._fetch(q.JOB_LIST, params)]
+
+    async def queue_stats(self) -> list[QueueStats]:
+        rows = await self._fetch(q.QUEUE_STATS, {})
+        return build_queue_stats((r[0], r[1], r[2]) for r in rows)
+
+    async def cancel_job(self, job_id: str) -> bool:
+        params = {"id": normalize_id(job_id), "now": _us(utc_now())}
+        return await self._change(q.JOB_CANCEL, params) > 0
+
+    async def delete_job(self, job_id: str) -> bool:
+        return await self._change(q.JOB_DELETE, {"id": normalize_id(job_id)}) > 0
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return [_worker(r) for r in await self._fetch(q.WORKER_LIST, {})]
+
+    # --- dead letters ------------------------------------------------------
+    async def dead_letter_list(
+        self, *, queue: str | None, task: str | None, limit: int, offset: int
+    ) -> list[DeadLetterJob]:
+        params = {"queue": queue, "task": task, "limit": limit, "offset": offset}
+        return [_dead(r) for r in await self._fetch(q.DLQ_LIST, params)]
+
+    async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
+        row = await self._fetch_one(q.DLQ_GET, {"id": normalize_id(job_id)})
+        return _dead(row) if row is not None else None
+
+    async def dead_letter_count(self, *, queue: str | None, task: str | None) -> int:
+        row = await self._fetch_one(q.DLQ_COUNT, {"queue": queue, "task": task})
+        return int(row[0]) if row is not None else 0
+
+    async def dead_letter_replay(self, job_ids: Sequence[str]) -> dict[str, str]:
+        now = _us(utc_now())
+        replayed: dict[str, str] = {}
+        woke: set[str] = set()
+        async with self._write() as conn:
+            for dead_id in dict.fromkeys(normalize_id(i) for i in job_ids):
+                new_id = str(uuid.uuid4())
+                params = {"dead_id": dead_id, "new_id": new_id, "now": now}
+                rows = list(await conn.execute_fetchall(q.DLQ_REPLAY_INSERT, params))
+                if rows:
+                    await conn.execute(q.DLQ_MARK_REPLAYED, params)
+                    replayed[dead_id] = new_id
+                    woke.add(rows[0]["queue"])
+        self._listeners.notify(woke)
+        return replayed
+
+    async def dead_letter_purge(
+        self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
+    ) -> int:
+        if job_ids is not None:
+            ids = json.dumps([normalize_id(i) for i in job_ids])
+            return await self._change(q.DLQ_PURGE_IDS, {"ids": ids})
+        return await self._change(q.DLQ_PURGE_FILTER, {"queue": queue, "task": task})
+
+    # --- schedules ---------------------------------------------------------
+    async def schedule_upsert(self, schedule: Schedule) -> Schedule:
+        s = schedule
+        check_schedule_status(s.status)
+        params = {
+            "name": s.name, "job_name": s.job_name, "args": json.dumps(s.args),
+            "queue": s.queue, "priority": s.priority, "cron": s.cron,
+            "every_seconds": s.every_seconds, "timezone": s.timezone, "status": s.status,
+            "next_run_at": _maybe_us(s.next_run_at), "now": _us(utc_now()),
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(q.SCHEDULE_UPSERT, params))
+        return _schedule(rows[0])
+
+    async def schedule_get(self, name: str) -> Schedule | None:
+        row = await self._fetch_one(q.SCHEDULE_GET, {"name": name})
+        return _schedule(row) if row is not None else None
+
+    async def schedule_list(self, status: str | None = None) -> list[Schedule]:
+        return [_schedule(r) for r in await self._fetch(q.SCHEDULE_LIST, {"status": status})]
+
+    async def schedule_set_status(
+        self, name: str, status: str, next_run_at: datetime | None = None
+    ) -> bool:
+        """Pause/resume; ``next_run_at`` (when given) re-arms a resumed schedule."""
+        check_schedule_status(status)
+        params = {
+            "name": name, "status": status, "now": _us(utc_now()),
+            "next_run_at": _maybe_us(next_run_at),
+        }  # fmt: skip
+        return await self._change(q.SCHEDULE_SET_STATUS, params) > 0
+
+    async def schedule_delete(self, name: str) -> bool:
+        return await self._change(q.SCHEDULE_DELETE, {"name": name}) > 0
+
+    async def schedule_fire(
+        self, name: str, due: datetime, next_run_at: datetime | None, job: NewJob
+    ) -> bool:
+        now = _us(utc_now())
+        params = {"name": name, "due": _us(due), "next_run_at": _maybe_us(next_run_at), "now": now}
+        async with self._write() as conn:
+            if await _changes(conn, q.SCHEDULE_ADVANCE, params) == 0:
+                return False
+            ids = await _insert(conn, [job], now)
+        if ids == [job.id]:
+            self._listeners.notify([job.queue])
+        return True
+
+
+# --- statements on an open transaction ------------------------------------------
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open (a failed BEGIN or COMMIT may have left none)."""
+    with contextlib.suppress(sqlite3.Error):
+        await conn.execute(q.ROLLBACK)
+
+
+async def _run(conn: aiosqlite.Connection, sql: str, params: Params) -> None:
+    async with conn.execute(sql, params):
+        pass
+
+
+async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _changes(conn: aiosqlite.Connection, sql: str, params: Params) -> int:
+    async with conn.execute(sql, params) as cursor:
+        return int(cursor.rowcount)
+
+
+async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob], now: int) -> list[str]:
+    """Insert ``jobs``; a duplicate's slot gets the id of the live job holding its key."""
+    await conn.executemany(q.JOB_INSERT, [_job_params(j, now) for j in jobs])
+    keys = sorted({j.dedup_key for j in jobs if j.dedup_key is not None})
+    if not keys:
+        return [j.id for j in jobs]
+    rows = await conn.execute_fetchall(q.JOB_LIVE_BY_DEDUP, {"keys": json.dumps(keys)})
+    live = {r["dedup_key"]: r["id"] for r in rows}
+    return [live.get(j.dedup_key, j.id) if j.dedup_key is not None else j.id for j in jobs]
+
+
+async def _claim_rows(
+    conn: aiosqlite.Connection, queues: Sequence[str] | None, params: Params
+) -> list[sqlite3.Row]:
+    if not queues:
+        return list(await conn.execute_fetchall(q.JOB_CLAIM_ALL, params))
+    names = list(dict.fromkeys(queues))
+    if len(names) == 1:
+        return list(await conn.execute_fetchall(q.JOB_CLAIM_QUEUE, {**params, "queue": names[0]}))
+    candidates: list[sqlite3.Row] = []
+    for queue in names:
+        candidates += await conn.execute_fetchall(q.JOB_DUE_IN_QUEUE, {**params, "queue": queue})
+    candidates.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["created_at"]))
+    ids = [r["id"] for r in candidates[: params["limit"]]]
+    if not ids:
+        return []
+    return list(await conn.execute_fetchall(q.JOB_CLAIM_IDS, {**params, "ids": json.dumps(ids)}))
+
+
+def _ack_batches(
+    acks: Sequence[Ack], now: datetime, result_ttl: float
+) -> list[tuple[str, list[Params]]]:
+    """Group acks by outcome into (statement, parameter rows) for ``executemany``."""
+    stamp = _us(now)
+    done: list[Params] = []
+    retry: list[Params] = []
+    requeue: list[Params] = []
+    fail: list[Params] = []
+    for a in acks:
+        held: Params = {"id": a.job.id, "lease": a.job.lease, "now": stamp}
+        o = a.outcome
+        if isinstance(o, Done):
+            done.append({**held, "result": o.result_json})
+        elif isinstance(o, Retry):
+            retry.append({**held, "run_at": _us(o.run_at), "error": o.error})
+        elif isinstance(o, Requeue):
+            requeue.append({**held, "run_at": _us(o.run_at or now)})
+        elif isinstance(o, Fail):
+            fail.append({**held, "error": o.error, "traceback": o.traceback})
+    if result_ttl > 0:
+        expires = _us(now + timedelta(seconds=result_ttl))
+        done_batch = (q.JOB_ACK_DONE, [{**d, "expires_at": expires} for d in done])
+    else:
+        done_batch = (q.JOB_ACK_DONE_DELETE, done)
+    batches = [
+        done_batch, (q.JOB_ACK_RETRY, retry), (q.JOB_ACK_REQUEUE, requeue),
+        (q.JOB_ACK_FAIL_COPY, fail), (q.JOB_ACK_FAIL_DELETE, fail),
+    ]  # fmt: skip
+    return [(sql, rows) for sql, rows in batches if rows]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+# --- migrations ---------------------------------------------------------------
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(name, sql) of every packaged SQLite migration, in order."""
+    folder = resources.files("soniq.sql").joinpath("migrations").joinpath("sqlite")
+    files = sorted(
+        (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
+    )
+    return [(name.removesuffix(".sql"), sql) for name, sql in files]
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration file into statements (``sqlite3.complete_statement`` decides).
+
+    ``executescript`` would commit the surrounding transaction, and a file must
+    apply together with its record in ``soniq_migrations`` or not at all.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
+
+
+# --- rows -> frozen dataclasses -------------------------------------------------
+
+
+def _maybe_us(value: datetime | None) -> int | None:
+    return _us(value) if value is not None else None
+
+
+def _job_params(j: NewJob, now: int) -> Params:
+    return {
+        "id": j.id, "job_name": j.job_name, "args": j.args_json, "queue": j.queue,
+        "priority": j.priority, "max_attempts": j.max_attempts,
+        "scheduled_at": _us(j.scheduled_at) if j.scheduled_at is not None else now,
+        "now": now, "dedup_key": j.dedup_key,
+    }  # fmt: skip
+
+
+def _claimed(r: sqlite3.Row, lease: str) -> ClaimedJob:
+    return ClaimedJob(
+        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        attempt=r["attempts"], max_attempts=r["max_attempts"], lease=lease,
+        scheduled_at=_dt(r["scheduled_at"]), created_at=_dt(r["created_at"]),
+        priority=r["priority"],
+    )  # fmt: skip
+
+
+def _job(r: sqlite3.Row) -> Job:
+    return Job(
+        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], status=r["status"], attempts=r["attempts"],
+        max_attempts=r["max_attempts"], scheduled_at=_dt(r["scheduled_at"]),
+        created_at=_dt(r["created_at"]), updated_at=_dt(r["updated_at"]),
+        started_at=_dt(r["started_at"]), completed_at=_dt(r["completed_at"]),
+        result=_loads(r["result"]), last_error=r["last_error"], worker_id=r["worker_id"],
+        dedup_key=r["dedup_key"],
+    )  # fmt: skip
+
+
+def _dead(r: sqlite3.Row) -> DeadLetterJob:
+    return DeadLetterJob(
+        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], attempts=r["attempts"], max_attempts=r["max_attempts"],
+        last_error=r["last_error"], traceback=r["traceback"], created_at=_dt(r["created_at"]),
+        dead_lettered_at=_dt(r["dead_lettered_at"]),
+        resurrection_count=r["resurrection_count"],
+        last_replayed_at=_dt(r["last_replayed_at"]),
+    )  # fmt: skip
+
+
+def _worker(r: sqlite3.Row) -> WorkerInfo:
+    return WorkerInfo(
+        id=r["id"], hostname=r["hostname"], pid=r["pid"], queues=_loads(r["queues"]),
+        concurrency=r["concurrency"], started_at=_dt(r["started_at"]),
+        last_heartbeat=_dt(r["last_heartbeat"]),
+    )  # fmt: skip
+
+
+def _schedule(r: sqlite3.Row) -> Schedule:
+    return Schedule(
+        name=r["name"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        priority=r["priority"], cron=r["cron"], every_seconds=r["every_seconds"],
+        timezone=r["timezone"], status=r["status"], next_run_at=_dt(r["next_run_at"]),
+        last_run_at=_dt(r["last_run_at"]), created_at=_dt(r["created_at"]),
+        updated_at=_dt(r["updated_at"]),
+    )  # fmt: skip

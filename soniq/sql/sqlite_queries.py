@@ -1,0 +1,299 @@
+"""Every runtime statement of the SQLite backend, as a named constant.
+
+Parameters are named (``:now``). Timestamps are INTEGER microseconds since the
+epoch (UTC) computed by the caller, so all processes agree on "now" without SQL
+date functions. Variable-length id lists travel as one JSON array through
+``json_each`` so that each statement stays a constant.
+
+Writes run inside ``BEGIN IMMEDIATE`` (see ``soniq.backends.sqlite``): SQLite has
+one writer at a time, and taking the write lock up front means a transaction
+never has to upgrade a read lock, which is what makes claims safe across
+processes without ``SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+# --- connection setup -------------------------------------------------------
+# busy_timeout first: switching to WAL needs a brief lock that another process
+# may hold. WAL lets readers (dashboard, CLI) run while a worker writes;
+# synchronous=NORMAL is durable against application crashes in WAL mode and
+# skips an fsync per commit.
+PRAGMA_BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
+PRAGMA_JOURNAL_WAL = "PRAGMA journal_mode = WAL"
+PRAGMA_SYNCHRONOUS = "PRAGMA synchronous = NORMAL"
+
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+
+LIVE_PREDICATE = "dedup_key IS NOT NULL AND status IN ('queued', 'processing')"
+
+# --- producing --------------------------------------------------------------
+# A duplicate live dedup_key inserts nothing (the partial unique index is the
+# conflict target); the caller then looks up which job holds the key.
+JOB_INSERT = f"""
+INSERT INTO soniq_jobs
+    (id, job_name, args, queue, priority, max_attempts, scheduled_at, created_at, updated_at,
+     dedup_key)
+VALUES (:id, :job_name, :args, :queue, :priority, :max_attempts, :scheduled_at, :now, :now,
+        :dedup_key)
+ON CONFLICT (dedup_key) WHERE {LIVE_PREDICATE} DO NOTHING
+"""
+
+# The predicate repeats the index's WHERE so the planner can use the partial index.
+JOB_LIVE_BY_DEDUP = f"""
+SELECT dedup_key, id FROM soniq_jobs
+WHERE dedup_key IN (SELECT value FROM json_each(:keys)) AND {LIVE_PREDICATE}
+"""
+
+# --- claiming ---------------------------------------------------------------
+_CLAIM_SET = """
+UPDATE soniq_jobs
+SET status = 'processing', attempts = attempts + 1, worker_id = :worker_id, lease = :lease,
+    started_at = :now, updated_at = :now
+"""
+_CLAIM_RETURNING = """
+RETURNING id, job_name, args, queue, attempts, max_attempts, scheduled_at, created_at, priority
+"""
+_DUE = "status = 'queued' AND scheduled_at <= :now"
+_ORDER = "ORDER BY priority, scheduled_at, created_at"
+
+# Walks soniq_jobs_claim_all_idx in order and stops after :limit due rows.
+JOB_CLAIM_ALL = f"""
+{_CLAIM_SET}
+WHERE id IN (SELECT id FROM soniq_jobs WHERE {_DUE} {_ORDER} LIMIT :limit)
+{_CLAIM_RETURNING}
+"""
+
+# Walks soniq_jobs_claim_queue_idx for one queue, already in claim order.
+JOB_CLAIM_QUEUE = f"""
+{_CLAIM_SET}
+WHERE id IN (SELECT id FROM soniq_jobs WHERE queue = :queue AND {_DUE} {_ORDER} LIMIT :limit)
+{_CLAIM_RETURNING}
+"""
+
+# Several queues: the best :limit candidates of each queue (an ordered index
+# walk each), merged by the caller, then claimed by id in the same transaction.
+JOB_DUE_IN_QUEUE = f"""
+SELECT id, priority, scheduled_at, created_at FROM soniq_jobs
+WHERE queue = :queue AND {_DUE} {_ORDER} LIMIT :limit
+"""
+JOB_CLAIM_IDS = f"""
+{_CLAIM_SET}
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued'
+{_CLAIM_RETURNING}
+"""
+
+# --- acks (executemany, one parameter dict per job) -------------------------
+# Each ack applies only to the holder of the lease: a late ack from a worker
+# whose job was recovered and claimed again elsewhere changes nothing.
+_HELD = "id = :id AND lease = :lease AND status = 'processing'"
+
+JOB_ACK_DONE = f"""
+UPDATE soniq_jobs
+SET status = 'done', result = :result, completed_at = :now, updated_at = :now,
+    expires_at = :expires_at, lease = NULL
+WHERE {_HELD}
+"""
+JOB_ACK_DONE_DELETE = f"DELETE FROM soniq_jobs WHERE {_HELD}"
+JOB_ACK_RETRY = f"""
+UPDATE soniq_jobs
+SET status = 'queued', scheduled_at = :run_at, last_error = :error, worker_id = NULL,
+    lease = NULL, updated_at = :now
+WHERE {_HELD}
+"""
+JOB_ACK_REQUEUE = f"""
+UPDATE soniq_jobs
+SET status = 'queued', attempts = MAX(attempts - 1, 0), scheduled_at = :run_at,
+    worker_id = NULL, lease = NULL, updated_at = :now
+WHERE {_HELD}
+"""
+
+_DEAD_LETTER_INSERT = """
+INSERT INTO soniq_dead_letter_jobs
+    (id, job_name, args, queue, priority, attempts, max_attempts, last_error, traceback,
+     created_at, dead_lettered_at, resurrection_count)
+"""
+_DEAD_LETTER_CONFLICT = """
+ON CONFLICT (id) DO UPDATE
+SET last_error = excluded.last_error, traceback = excluded.traceback,
+    attempts = excluded.attempts, dead_lettered_at = excluded.dead_lettered_at
+"""
+
+# Fail = copy to the dead-letter table, then delete, in one transaction, so a
+# job is always in exactly one of the two tables.
+JOB_ACK_FAIL_COPY = f"""
+{_DEAD_LETTER_INSERT}
+SELECT id, job_name, args, queue, priority, attempts, max_attempts, :error, :traceback,
+       created_at, :now, 0
+FROM soniq_jobs WHERE {_HELD}
+{_DEAD_LETTER_CONFLICT}
+"""
+JOB_ACK_FAIL_DELETE = JOB_ACK_DONE_DELETE
+
+# --- workers ----------------------------------------------------------------
+WORKER_REGISTER = """
+INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
+VALUES (:id, :hostname, :pid, :queues, :concurrency, :now, :now)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat
+"""
+WORKER_HEARTBEAT = "UPDATE soniq_workers SET last_heartbeat = :now WHERE id = :id"
+WORKER_DEREGISTER = "DELETE FROM soniq_workers WHERE id = :id"
+WORKER_LIST = """
+SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat
+FROM soniq_workers ORDER BY started_at, id
+"""
+WORKER_DELETE_STALE = "DELETE FROM soniq_workers WHERE last_heartbeat < :cutoff"
+
+# --- recovery ---------------------------------------------------------------
+# Jobs held by no registered worker (its row was removed as stale, or it
+# crashed before ever heartbeating) go back to the queue, or to the dead-letter
+# table when the lost attempt was their last. soniq_jobs_processing_idx keeps
+# this to the running jobs.
+_ORPHAN = """
+status = 'processing'
+AND NOT EXISTS (SELECT 1 FROM soniq_workers w WHERE w.id = soniq_jobs.worker_id)
+"""
+_LOST_ERROR = (
+    "'worker ' || coalesce(worker_id, '?') || ' was lost while running attempt ' || attempts"
+)
+JOB_RECOVER_REQUEUE = f"""
+UPDATE soniq_jobs
+SET status = 'queued', scheduled_at = :now, worker_id = NULL, lease = NULL,
+    updated_at = :now, last_error = {_LOST_ERROR}
+WHERE {_ORPHAN} AND attempts < max_attempts
+RETURNING queue
+"""
+JOB_RECOVER_DEAD_COPY = f"""
+{_DEAD_LETTER_INSERT}
+SELECT id, job_name, args, queue, priority, attempts, max_attempts, {_LOST_ERROR}, NULL,
+       created_at, :now, 0
+FROM soniq_jobs WHERE {_ORPHAN} AND attempts >= max_attempts
+{_DEAD_LETTER_CONFLICT}
+"""
+JOB_RECOVER_DEAD_DELETE = f"DELETE FROM soniq_jobs WHERE {_ORPHAN} AND attempts >= max_attempts"
+
+# In bounded chunks, each its own transaction: one huge DELETE would hold the
+# single write lock and stall every worker's claims while it runs.
+JOB_PRUNE = """
+DELETE FROM soniq_jobs WHERE id IN (
+    SELECT id FROM soniq_jobs WHERE status = 'done' AND expires_at <= :now LIMIT :limit
+)
+"""
+
+# --- leader leases ----------------------------------------------------------
+# Take the row when free, expired or already ours; RETURNING yields a row only
+# when the insert or the guarded update happened, i.e. when we hold the lease.
+LEASE_TAKE = """
+INSERT INTO soniq_leases (role, owner, expires_at) VALUES (:role, :owner, :expires_at)
+ON CONFLICT (role) DO UPDATE
+SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE soniq_leases.owner = excluded.owner OR soniq_leases.expires_at < :now
+RETURNING owner
+"""
+LEASE_RELEASE = "DELETE FROM soniq_leases WHERE role = :role AND owner = :owner"
+
+# --- reads and management ---------------------------------------------------
+_JOB_COLUMNS = """
+id, job_name, args, queue, priority, status, attempts, max_attempts, scheduled_at,
+created_at, updated_at, started_at, completed_at, result, last_error, worker_id, dedup_key
+"""
+JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = :id"
+JOB_LIST = f"""
+SELECT {_JOB_COLUMNS} FROM soniq_jobs
+WHERE (:queue IS NULL OR queue = :queue) AND (:status IS NULL OR status = :status)
+ORDER BY created_at DESC, id
+LIMIT :limit OFFSET :offset
+"""
+JOB_CANCEL = """
+UPDATE soniq_jobs SET status = 'cancelled', updated_at = :now, completed_at = :now
+WHERE id = :id AND status = 'queued'
+"""
+JOB_DELETE = "DELETE FROM soniq_jobs WHERE id = :id"
+QUEUE_STATS = """
+SELECT queue, status, count(*) AS n FROM soniq_jobs GROUP BY queue, status
+UNION ALL
+SELECT queue, 'dead_letter', count(*) FROM soniq_dead_letter_jobs GROUP BY queue
+"""
+
+# --- dead letters -----------------------------------------------------------
+_DLQ_COLUMNS = """
+id, job_name, args, queue, priority, attempts, max_attempts, last_error, traceback,
+created_at, dead_lettered_at, resurrection_count, last_replayed_at
+"""
+_DLQ_FILTER = "(:queue IS NULL OR queue = :queue) AND (:task IS NULL OR job_name = :task)"
+DLQ_LIST = f"""
+SELECT {_DLQ_COLUMNS} FROM soniq_dead_letter_jobs WHERE {_DLQ_FILTER}
+ORDER BY dead_lettered_at DESC, id LIMIT :limit OFFSET :offset
+"""
+DLQ_GET = f"SELECT {_DLQ_COLUMNS} FROM soniq_dead_letter_jobs WHERE id = :id"
+DLQ_COUNT = f"SELECT count(*) FROM soniq_dead_letter_jobs WHERE {_DLQ_FILTER}"
+DLQ_PURGE_IDS = """
+DELETE FROM soniq_dead_letter_jobs WHERE id IN (SELECT value FROM json_each(:ids))
+"""
+DLQ_PURGE_FILTER = f"DELETE FROM soniq_dead_letter_jobs WHERE {_DLQ_FILTER}"
+
+# Replay, per dead id and in one transaction: mint a fresh queued row from the
+# dead-letter row, then record the replay on it.
+DLQ_REPLAY_INSERT = """
+INSERT INTO soniq_jobs
+    (id, job_name, args, queue, priority, max_attempts, scheduled_at, created_at, updated_at)
+SELECT :new_id, job_name, args, queue, priority, max_attempts, :now, :now, :now
+FROM soniq_dead_letter_jobs WHERE id = :dead_id
+RETURNING queue
+"""
+DLQ_MARK_REPLAYED = """
+UPDATE soniq_dead_letter_jobs
+SET resurrection_count = resurrection_count + 1, last_replayed_at = :now
+WHERE id = :dead_id
+"""
+
+# --- schedules --------------------------------------------------------------
+_SCHEDULE_COLUMNS = """
+name, job_name, args, queue, priority, cron, every_seconds, timezone, status, next_run_at,
+last_run_at, created_at, updated_at
+"""
+# An update replaces the definition and keeps status, last_run_at and created_at.
+SCHEDULE_UPSERT = f"""
+INSERT INTO soniq_schedules
+    (name, job_name, args, queue, priority, cron, every_seconds, timezone, status,
+     next_run_at, created_at, updated_at)
+VALUES (:name, :job_name, :args, :queue, :priority, :cron, :every_seconds, :timezone, :status,
+        :next_run_at, :now, :now)
+ON CONFLICT (name) DO UPDATE
+SET job_name = excluded.job_name, args = excluded.args, queue = excluded.queue,
+    priority = excluded.priority, cron = excluded.cron,
+    every_seconds = excluded.every_seconds, timezone = excluded.timezone,
+    next_run_at = excluded.next_run_at, updated_at = excluded.updated_at
+RETURNING {_SCHEDULE_COLUMNS}
+"""
+SCHEDULE_GET = f"SELECT {_SCHEDULE_COLUMNS} FROM soniq_schedules WHERE name = :name"
+SCHEDULE_LIST = f"""
+SELECT {_SCHEDULE_COLUMNS} FROM soniq_schedules
+WHERE (:status IS NULL OR status = :status) ORDER BY name
+"""
+SCHEDULE_SET_STATUS = """
+UPDATE soniq_schedules
+SET status = :status, updated_at = :now, next_run_at = COALESCE(:next_run_at, next_run_at)
+WHERE name = :name
+"""
+SCHEDULE_DELETE = "DELETE FROM soniq_schedules WHERE name = :name"
+# Compare-and-set on next_run_at: of two leaders racing on one due time, one fires.
+SCHEDULE_ADVANCE = """
+UPDATE soniq_schedules
+SET last_run_at = :due, next_run_at = :next_run_at, updated_at = :now
+WHERE name = :name AND next_run_at = :due AND status = 'active'
+"""
+
+# --- migrations -------------------------------------------------------------
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS soniq_migrations (
+    name        TEXT PRIMARY KEY,
+    applied_at  INTEGER NOT NULL
+)
+"""
+MIGRATIONS_TABLE_PRESENT = """
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'soniq_migrations'
+"""
+MIGRATIONS_APPLIED = "SELECT name, applied_at FROM soniq_migrations ORDER BY name"
+MIGRATION_RECORD = "INSERT INTO soniq_migrations (name, applied_at) VALUES (:name, :now)"
