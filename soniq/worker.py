@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -104,6 +105,7 @@ class Worker:
         self._force = False
         self._processed = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._listener: Listener | None = None
 
     # --- entry points ------------------------------------------------------
     async def run(
@@ -222,14 +224,15 @@ class Worker:
         if definition.context_param is not None:
             kwargs = {**kwargs, definition.context_param: ctx}
         timeout = definition.timeout if definition.timeout is not None else self._timeout_default
+        limit = _timeout(timeout) if timeout else None
         try:
-            if timeout:
-                async with _timeout(timeout):
+            if limit is not None:
+                async with limit:
                     result = await self._invoke(definition, kwargs)
             else:
                 result = await self._invoke(definition, kwargs)
         except (TimeoutError, asyncio.TimeoutError) as exc:
-            if not timeout:
+            if limit is None or not _expired(limit):  # the handler's own TimeoutError
                 raise _Attempt(_describe(exc), traceback.format_exc(), exc) from None
             error = TimeoutError(f"job exceeded its {timeout:g}s timeout")
             raise _Attempt(f"TimeoutError: {error}", None, error) from None
@@ -306,6 +309,7 @@ class Worker:
         await self.backend.register_worker(info)
         self._info = info
         listener = await self.backend.listen(self._on_notify(queues)) if listen else None
+        self._listener = listener
         log.info(
             "Worker %s started (queues=%s, concurrency=%d, %s)", self.worker_id,
             ",".join(queues) if queues else "all", concurrency,
@@ -317,6 +321,8 @@ class Worker:
         ]
         if listen:  # long-running workers also sweep; a drain (run_once) just works
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="soniq-maintenance"))
+        if listener is not None:
+            tasks.append(asyncio.create_task(self._relisten_loop(queues), name="soniq-relisten"))
         return [listener, tasks]
 
     def _on_notify(self, queues: list[str] | None) -> Callable[[str], None]:
@@ -338,6 +344,28 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("Heartbeat failed: %s", exc)
 
+    async def _relisten_loop(self, queues: list[str] | None) -> None:
+        """The LISTEN connection can drop (database restart, pg_terminate_backend): subscribe
+        again, so wake-ups do not degrade to ``poll_interval`` for the rest of the run."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            listener = self._listener
+            alive = getattr(listener, "is_alive", None)
+            if listener is not None and (alive is None or alive()):
+                continue
+            if listener is not None:
+                log.warning("LISTEN connection lost; subscribing again (polling meanwhile)")
+                self._listener = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.close(), 2.0)
+            try:
+                self._listener = await self.backend.listen(self._on_notify(queues))
+            except Exception as exc:  # database still away: try again later
+                log.warning("Subscribing to new-job notifications failed: %s", exc)
+            if self._listener is not None:
+                log.info("LISTEN connection re-established")
+                self._wake.set()  # jobs may have arrived while nobody was listening
+
     async def _maintenance_loop(self) -> None:
         """Recover jobs of dead workers and prune expired results, one leader at a time."""
         interval = self.settings.cleanup_interval
@@ -355,8 +383,7 @@ class Worker:
 
     async def _shutdown(self, side: list[Any]) -> None:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
-        listener: Listener | None
-        listener, tasks = side
+        tasks: list[asyncio.Task[None]] = side[1]
         self._stopping = True
         if self._running and not self._force:
             await asyncio.wait(list(self._running), timeout=self._grace())
@@ -367,6 +394,7 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        listener, self._listener = self._listener, None  # the relisten loop may have swapped it
         await self._quietly(self._flush(), 10.0)
         await self._quietly(self.backend.deregister_worker(self.worker_id), 5.0)
         await self._quietly(self.backend.release_lead("maintenance", self.worker_id), 5.0)
@@ -395,29 +423,46 @@ class Worker:
             yield
             return
         loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            if self._stopping:
-                log.warning("Second signal: cancelling running jobs now")
-                self._force = True
-                for task in list(self._running):
-                    task.cancel()
-                return
-            log.info("Received %s: finishing running jobs", signal.Signals(signum).name)
-            self.stop()
-
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+        # A loop has one handler per signal: several workers in one process (two Soniq
+        # instances, two Worker objects) share it, and it stays until the last one ends.
+        workers = _SIGNAL_WORKERS.setdefault(loop, [])
+        installed: list[int] = []
+        if not workers:
+            for sig in (signal.SIGINT.value, signal.SIGTERM.value):
+                try:
+                    loop.add_signal_handler(sig, _dispatch_signal, loop, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+            _SIGNAL_INSTALLED[loop] = installed
+        workers.append(self)
         try:
             yield
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            workers.remove(self)
+            if not workers:
+                del _SIGNAL_WORKERS[loop]
+                for signum in _SIGNAL_INSTALLED.pop(loop, []):
+                    loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stopping:
+            log.warning("Second signal: cancelling running jobs now")
+            self._force = True
+            for task in list(self._running):
+                task.cancel()
+            return
+        log.info("Received %s: finishing running jobs", signal.Signals(signum).name)
+        self.stop()
+
+
+_SIGNAL_WORKERS: dict[asyncio.AbstractEventLoop, list[Worker]] = {}
+_SIGNAL_INSTALLED: dict[asyncio.AbstractEventLoop, list[int]] = {}
+
+
+def _dispatch_signal(loop: asyncio.AbstractEventLoop, signum: int) -> None:
+    for worker in list(_SIGNAL_WORKERS.get(loop, ())):
+        worker._on_signal(signum)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -434,11 +479,28 @@ def _unknown_task(name: str) -> str:
     )
 
 
+def _expired(limit: Any) -> bool:
+    """Did the job's own timeout fire (not a TimeoutError raised by the handler)?"""
+    expired = getattr(limit, "expired", None)
+    return bool(expired()) if expired is not None else True  # 3.10 fallback: assume so
+
+
+# A JSON ``\u0000`` escape (not an escaped backslash followed by "u0000"): jsonb rejects it.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _dump_result(result: Any) -> str | None:
     if result is None:
         return None
     try:
-        return json.dumps(result)
+        # Strict JSON: NaN/Infinity, NUL characters and lone surrogates are refused here,
+        # as a failed attempt, instead of making the database reject the whole ack batch.
+        text = json.dumps(result, allow_nan=False)
+        if "\\u0000" in text and _NUL_ESCAPE.search(text):
+            raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL rejects")
+        if "\\ud" in text:  # surrogate escapes: fine in pairs, not alone
+            json.dumps(result, ensure_ascii=False).encode("utf-8")
+        return text
     except (TypeError, ValueError) as exc:
         error = TypeError(
             f"job returned a {type(result).__name__}, which is not JSON-serialisable ({exc}); "

@@ -1,0 +1,586 @@
+"""The worker against real PostgreSQL: entry points, claiming order, handlers, context,
+timeouts, results and NOTIFY wake-up.
+
+This module uses ``from __future__ import annotations`` on purpose: ``JobContext``
+injection must resolve string annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from soniq import JobContext, Soniq
+from soniq.worker import Worker
+from tests.helpers import FAST_SETTINGS, wait_until
+from tests.worker_support import (
+    connect,
+    dead_row,
+    job_row,
+    make_worker,
+    registered,
+    running,
+    status_of,
+)
+
+UTC = timezone.utc
+
+
+# --- entry points ------------------------------------------------------------
+
+
+def test_documented_signatures() -> None:
+    run = inspect.signature(Worker.run)
+    assert list(run.parameters)[1:] == ["concurrency", "run_once", "queues"]
+    assert run.parameters["concurrency"].default == 4
+    assert run.parameters["run_once"].default is False
+    assert run.parameters["queues"].default is None
+    once = inspect.signature(Worker.run_once)
+    assert list(once.parameters)[1:] == ["queues", "max_jobs"]
+    init = inspect.signature(Worker.__init__)
+    assert list(init.parameters)[1:] == ["backend", "registry", "settings", "hooks"]
+    rw = inspect.signature(Soniq.run_worker)
+    assert list(rw.parameters)[1:] == ["concurrency", "run_once", "queues"]
+
+
+async def test_run_worker_run_once_returns_whether_jobs_ran(app: Soniq) -> None:
+    seen: list[int] = []
+
+    @app.job()
+    async def note(n: int) -> int:
+        seen.append(n)
+        return n * 10
+
+    assert await app.run_worker(run_once=True) is False  # nothing to do
+    ids = [await app.enqueue(note, n=i) for i in range(5)]
+    assert await app.run_worker(concurrency=2, run_once=True) is True
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    for i, job_id in enumerate(ids):
+        assert await app.get_result(job_id) == i * 10
+    assert await app.run_worker(run_once=True) is False
+    async with connect(app.database_url) as conn:  # a run_once worker deregisters
+        assert await conn.fetchval("SELECT count(*) FROM soniq_workers") == 0
+
+
+async def test_worker_class_run_once_max_jobs_caps(app: Soniq) -> None:
+    seen: list[int] = []
+
+    @app.job()
+    def note(n: int) -> None:
+        seen.append(n)
+
+    await app.enqueue_many(note, [{"n": i} for i in range(5)])
+    await app.ensure_initialized()
+    worker = make_worker(app)
+    assert await worker.run_once(max_jobs=2) is True
+    assert len(seen) == 2
+    assert await worker.run_once(max_jobs=1) is True
+    assert len(seen) == 3
+    assert await worker.run(concurrency=2, run_once=True) is True
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert await worker.run_once() is False
+
+
+async def test_worker_defaults_settings_and_hooks(app: Soniq) -> None:
+    """``settings`` and ``hooks`` are optional."""
+
+    @app.job()
+    async def ping() -> str:
+        return "pong"
+
+    job_id = await app.enqueue(ping)
+    await app.ensure_initialized()
+    worker = Worker(backend=app.backend, registry=app._get_job_registry())
+    assert await worker.run_once() is True
+    assert await app.get_result(job_id) == "pong"
+
+
+# --- what is claimed ------------------------------------------------------------
+
+
+async def test_claim_order_priority_then_run_time(app: Soniq) -> None:
+    order: list[str] = []
+
+    @app.job()
+    async def note(tag: str) -> None:
+        order.append(tag)
+
+    now = datetime.now(UTC)
+    await app.enqueue(note, tag="p100-old", priority=100, scheduled_at=now - timedelta(seconds=30))
+    await app.enqueue(note, tag="p100-new", priority=100, scheduled_at=now - timedelta(seconds=10))
+    await app.enqueue(note, tag="p5-new", priority=5, scheduled_at=now - timedelta(seconds=5))
+    await app.enqueue(note, tag="p5-old", priority=5, scheduled_at=now - timedelta(seconds=20))
+    await app.enqueue(note, tag="p1000", priority=1000, scheduled_at=now - timedelta(seconds=60))
+    await app.enqueue(note, tag="p1", priority=1, scheduled_at=now - timedelta(seconds=1))
+    await app.ensure_initialized()
+    worker = make_worker(app)
+    while await worker.run_once(max_jobs=1):
+        pass
+    assert order == ["p1", "p5-old", "p5-new", "p100-old", "p100-new", "p1000"]
+
+
+async def test_batched_claim_starts_jobs_in_priority_order(app: Soniq) -> None:
+    order: list[int] = []
+
+    @app.job()
+    async def note(p: int) -> None:
+        order.append(p)
+
+    for p in (50, 10, 900, 1, 300):
+        await app.enqueue(note, p=p, priority=p)
+    assert await app.run_worker(concurrency=8, run_once=True)
+    assert order == [1, 10, 50, 300, 900]
+
+
+async def test_only_requested_queues(app: Soniq) -> None:
+    seen: list[str] = []
+
+    @app.job()
+    async def note(q: str) -> None:
+        seen.append(q)
+
+    ids = {q: await app.enqueue(note, q=q, queue=q) for q in ("emails", "billing", "reports")}
+    assert await app.run_worker(run_once=True, queues=["emails"]) is True
+    assert seen == ["emails"]
+    assert await app.run_worker(run_once=True, queues=["nothing-here"]) is False
+    assert await app.run_worker(run_once=True, queues=["billing", "reports"]) is True
+    assert sorted(seen) == ["billing", "emails", "reports"]
+    for job_id in ids.values():
+        assert await status_of(app, job_id) == "done"
+
+
+async def test_continuous_worker_ignores_other_queues(app: Soniq) -> None:
+    @app.job()
+    async def noop() -> None:
+        return None
+
+    worker = make_worker(app)
+    async with running(worker, queues=["mine"]):
+        other = await app.enqueue(noop, queue="other")
+        mine = await app.enqueue(noop, queue="mine")
+        await wait_until(lambda: _is(app, mine, "done"), timeout=5, message="own queue job")
+        assert await status_of(app, other) == "queued"
+    async with connect(app.database_url) as conn:
+        row = await conn.fetchrow("SELECT count(*) FROM soniq_workers")
+        assert row[0] == 0
+
+
+async def test_future_job_not_run_until_due(app: Soniq) -> None:
+    ran_at: list[datetime] = []
+
+    @app.job()
+    async def later() -> None:
+        ran_at.append(datetime.now(UTC))
+
+    due = datetime.now(UTC) + timedelta(seconds=1.0)
+    job_id = await app.schedule(later, run_at=due)
+    assert await app.run_worker(run_once=True) is False
+    assert await status_of(app, job_id) == "queued"
+    worker = make_worker(app)
+    async with running(worker, concurrency=2):
+        await wait_until(lambda: _is(app, job_id, "done"), timeout=5, message="due job done")
+    assert ran_at and ran_at[0] >= due
+
+
+# --- handlers ---------------------------------------------------------------------
+
+
+async def test_sync_handler_runs_in_a_thread_pool(app: Soniq) -> None:
+    threads: list[str] = []
+
+    @app.job()
+    def blocking(n: int) -> int:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return n + 1
+
+    ids = [await app.enqueue(blocking, n=i) for i in range(4)]
+    started = time.perf_counter()
+    assert await app.run_worker(concurrency=4, run_once=True)
+    elapsed = time.perf_counter() - started
+    assert len(threads) == 4
+    assert all(name != threading.main_thread().name for name in threads)
+    assert [await app.get_result(i) for i in ids] == [1, 2, 3, 4]
+    assert elapsed < 1.0  # the event loop was never blocked by time.sleep
+
+
+async def test_job_context_has_every_field_and_the_real_worker_id(app: Soniq) -> None:
+    contexts: list[JobContext] = []
+    registered_ids: list[list[str]] = []
+
+    @app.job(retries=2, queue="ctxq")
+    async def inspect_ctx(x: int, ctx: JobContext) -> int:
+        contexts.append(ctx)
+        async with app.backend.acquire() as conn:
+            rows = await conn.fetch("SELECT id::text FROM soniq_workers")
+        registered_ids.append([r[0] for r in rows])
+        return x
+
+    due = datetime.now(UTC) - timedelta(seconds=3)
+    job_id = await app.enqueue(inspect_ctx, x=7, scheduled_at=due)
+    row = await job_row(app.database_url, job_id)
+    worker = make_worker(app)
+    async with running(worker, concurrency=1, queues=["ctxq"]):
+        await wait_until(lambda: _is(app, job_id, "done"), timeout=5, message="ctx job done")
+    [ctx] = contexts
+    assert isinstance(ctx, JobContext)
+    assert ctx.job_id == job_id
+    test_name = "test_job_context_has_every_field_and_the_real_worker_id"
+    assert ctx.job_name == f"{__name__}.{test_name}.<locals>.inspect_ctx"
+    assert (ctx.attempt, ctx.max_attempts) == (1, 3)
+    assert ctx.queue == "ctxq"
+    assert ctx.worker_id == worker.worker_id
+    assert registered_ids == [[worker.worker_id]]
+    assert ctx.scheduled_at == row["scheduled_at"]
+    assert abs((ctx.scheduled_at - due).total_seconds()) < 0.001
+    assert ctx.created_at == row["created_at"]
+    with pytest.raises(AttributeError):
+        ctx.attempt = 5  # type: ignore[misc]  # frozen
+
+
+async def test_job_context_attempt_counts_up_and_run_once_worker_id(app: Soniq) -> None:
+    contexts: list[JobContext] = []
+
+    @app.job(retries=2)
+    def flaky(ctx: JobContext) -> str:  # sync handlers get the context too
+        contexts.append(ctx)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+        return "third time lucky"
+
+    job_id = await app.enqueue(flaky)
+    await app.ensure_initialized()
+    worker = make_worker(app)
+    await wait_until(
+        lambda: _drain_until(worker, app, job_id, "done"), timeout=10, message="flaky done"
+    )
+    assert [c.attempt for c in contexts] == [1, 2, 3]
+    assert {c.max_attempts for c in contexts} == {3}
+    assert {c.worker_id for c in contexts} == {worker.worker_id}
+    assert await app.get_result(job_id) == "third time lucky"
+
+
+# --- timeouts -------------------------------------------------------------------------
+
+
+async def test_per_job_timeout_fails_the_attempt(app: Soniq) -> None:
+    @app.job(timeout=0.2, retries=0)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    job_id = await app.enqueue(slow)
+    started = time.perf_counter()
+    assert await app.run_worker(run_once=True)
+    assert time.perf_counter() - started < 3
+    dead = await dead_row(app.database_url, job_id)
+    assert dead is not None and dead["attempts"] == 1
+    assert dead["last_error"].startswith("TimeoutError")
+    assert "0.2s timeout" in dead["last_error"]
+    assert await status_of(app, job_id) == "dead_letter"
+
+
+async def test_global_job_timeout_applies_when_job_has_none(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "job_timeout": 0.2})
+    try:
+
+        @app.job(retries=1)
+        async def slow() -> None:
+            await asyncio.sleep(10)
+
+        @app.job(timeout=3, retries=0)
+        async def allowed_longer() -> str:
+            await asyncio.sleep(0.4)
+            return "ok"
+
+        slow_id = await app.enqueue(slow)
+        ok_id = await app.enqueue(allowed_longer)
+        assert await app.run_worker(concurrency=2, run_once=True)
+        assert await app.get_result(ok_id) == "ok"
+        row = await job_row(pg_url, slow_id)  # first attempt failed → retry queued
+        if row is not None:
+            assert row["status"] == "queued" and row["attempts"] == 1
+            assert row["last_error"].startswith("TimeoutError")
+        await app.run_worker(run_once=True)
+        dead = await dead_row(pg_url, slow_id)
+        assert dead is not None and dead["attempts"] == 2
+        assert dead["last_error"].startswith("TimeoutError")
+    finally:
+        await app.close()
+
+
+@pytest.mark.parametrize("job_timeout", [0, None])
+async def test_job_timeout_zero_or_none_disables(pg_url: str, job_timeout: Any) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "job_timeout": job_timeout})
+    try:
+
+        @app.job(retries=0)
+        async def slowish() -> str:
+            await asyncio.sleep(0.5)
+            return "finished"
+
+        job_id = await app.enqueue(slowish)
+        assert await app.run_worker(run_once=True)
+        assert await app.get_result(job_id) == "finished"
+    finally:
+        await app.close()
+
+
+async def test_per_job_timeout_zero_disables_even_with_short_global(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "job_timeout": 0.1})
+    try:
+
+        @app.job(timeout=0, retries=0)
+        def no_limit() -> str:
+            time.sleep(0.4)
+            return "finished"
+
+        job_id = await app.enqueue(no_limit)
+        assert await app.run_worker(run_once=True)
+        assert await app.get_result(job_id) == "finished"
+    finally:
+        await app.close()
+
+
+async def test_timeout_error_raised_by_handler_is_its_own_error(app: Soniq) -> None:
+    """A handler's own TimeoutError is not mistaken for the job's timeout."""
+
+    @app.job(timeout=30, retries=0)
+    async def calls_slow_api() -> None:
+        raise TimeoutError("upstream API did not answer")
+
+    job_id = await app.enqueue(calls_slow_api)
+    assert await app.run_worker(run_once=True)
+    dead = await dead_row(app.database_url, job_id)
+    assert dead["last_error"] == "TimeoutError: upstream API did not answer"
+    assert "calls_slow_api" in dead["traceback"]
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+async def test_return_values_are_stored_as_results(app: Soniq) -> None:
+    @app.job()
+    async def give(value: Any) -> Any:
+        return value
+
+    values: list[Any] = [5, "text", 2.5, True, [1, "a", None], {"nested": {"k": [1, 2]}}]
+    ids = [await app.enqueue(give, value=v) for v in values]
+    none_id = await app.enqueue(give, value=None)
+    assert await app.run_worker(concurrency=4, run_once=True)
+    assert [await app.get_result(i) for i in ids] == values
+    status = await app.get_job_status(none_id)
+    assert status["status"] == "done" and status["result"] is None
+
+
+async def test_non_json_result_fails_the_attempt_clearly(app: Soniq) -> None:
+    @app.job(retries=0)
+    async def bad_result() -> Any:
+        return object()
+
+    @app.job(retries=0)
+    async def nan_result() -> float:
+        return math.nan
+
+    @app.job(retries=0)
+    async def nul_result() -> str:
+        return "a\x00b"
+
+    @app.job(retries=0)
+    async def surrogate_result() -> str:
+        return "\ud800"
+
+    @app.job()
+    async def good() -> int:
+        return 1
+
+    bad = await app.enqueue(bad_result)
+    nan = await app.enqueue(nan_result)
+    nul = await app.enqueue(nul_result)
+    lone = await app.enqueue(surrogate_result)
+    ok = await app.enqueue(good)
+    assert await app.run_worker(concurrency=4, run_once=True)
+    for job_id in (bad, nan, nul, lone):
+        dead = await dead_row(app.database_url, job_id)
+        assert dead is not None, job_id
+        assert "not JSON-serialisable" in dead["last_error"], dead["last_error"]
+    assert "object" in (await dead_row(app.database_url, bad))["last_error"]
+    assert await app.get_result(ok) == 1  # the other outcomes in the batch were written
+
+
+# --- NOTIFY ---------------------------------------------------------------------------------
+
+
+async def test_idle_worker_wakes_on_notify(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "poll_interval": 30})
+    try:
+
+        @app.job()
+        async def quick() -> str:
+            return "woke"
+
+        worker = make_worker(app)
+        async with running(worker, concurrency=2):
+            await _idle(worker)
+            for _ in range(3):  # every time, not just the first
+                started = time.monotonic()
+                job_id = await app.enqueue(quick)
+                await wait_until(lambda j=job_id: _is(app, j, "done"), timeout=5, message="woken")
+                assert time.monotonic() - started < 5
+                await _idle(worker)
+    finally:
+        await app.close()
+
+
+async def test_notify_for_another_queue_does_not_matter_and_own_queue_wakes(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "poll_interval": 30})
+    try:
+
+        @app.job()
+        async def quick() -> None:
+            return None
+
+        worker = make_worker(app)
+        async with running(worker, queues=["a"]):
+            await _idle(worker)
+            other = await app.enqueue(quick, queue="b")
+            mine = await app.enqueue(quick, queue="a")
+            await wait_until(lambda: _is(app, mine, "done"), timeout=5, message="queue a job")
+            assert await status_of(app, other) == "queued"
+    finally:
+        await app.close()
+
+
+async def test_worker_relistens_after_its_connections_are_killed(pg_url: str) -> None:
+    """After the database drops every connection, NOTIFY wake-up comes back (not just polling)."""
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "poll_interval": 30})
+    try:
+
+        @app.job(name="relisten.quick")
+        async def quick() -> None:
+            return None
+
+        worker = make_worker(app)
+        async with running(worker):
+            await _idle(worker)
+            async with connect(pg_url) as conn:
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            assert killed >= 1
+            producer = Soniq(database_url=pg_url, strict_task_names=False, **FAST_SETTINGS)
+            try:
+                deadline = time.monotonic() + 8
+                job_id = await producer.enqueue("relisten.quick", args={})
+                await wait_until(
+                    lambda: _is(producer, job_id, "done"), timeout=8, message="job after kill"
+                )
+                assert time.monotonic() < deadline
+            finally:
+                await producer.close()
+    finally:
+        await app.close()
+
+
+# --- two workers in one process -------------------------------------------------------------
+
+
+async def test_two_soniq_instances_in_one_process_keep_their_registrations(pg_url: str) -> None:
+    a = Soniq(database_url=pg_url, **FAST_SETTINGS)
+    b = Soniq(database_url=pg_url, **FAST_SETTINGS)
+    ran: dict[str, list[str]] = {"a": [], "b": []}
+    try:
+
+        @a.job(name="two.job", queue="qa")
+        async def on_a(ctx: JobContext) -> None:
+            ran["a"].append(ctx.worker_id or "")
+
+        @b.job(name="two.job_b", queue="qb")
+        async def on_b(ctx: JobContext) -> None:
+            ran["b"].append(ctx.worker_id or "")
+
+        wa, wb = make_worker(a), make_worker(b)
+        assert wa.worker_id != wb.worker_id
+        async with running(wa, queues=["qa"]):
+            async with running(wb, queues=["qb"]):
+                assert await registered(wa) and await registered(wb)
+                ja = await a.enqueue(on_a)
+                jb = await b.enqueue(on_b)
+                await wait_until(lambda: _is(a, ja, "done"), timeout=5, message="a's job")
+                await wait_until(lambda: _is(b, jb, "done"), timeout=5, message="b's job")
+                await _heartbeat_advances(a, wa)
+                await _heartbeat_advances(b, wb)
+            # b stopped: a is still registered, still heartbeating, still working
+            assert not await registered(wb)
+            assert await registered(wa)
+            await _heartbeat_advances(a, wa)
+            ja2 = await a.enqueue(on_a)
+            await wait_until(lambda: _is(a, ja2, "done"), timeout=5, message="a after b stopped")
+        assert ran["a"] == [wa.worker_id, wa.worker_id]
+        assert ran["b"] == [wb.worker_id]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_two_worker_objects_on_one_app(app: Soniq) -> None:
+    seen: list[str] = []
+
+    @app.job()
+    async def note(ctx: JobContext) -> None:
+        seen.append(ctx.worker_id or "")
+        await asyncio.sleep(0.01)
+
+    w1, w2 = make_worker(app), make_worker(app)
+    async with running(w1, concurrency=2):
+        async with running(w2, concurrency=2):
+            await app.enqueue_many(note, [{} for _ in range(40)])
+            await wait_until(lambda: len(seen) == 40, timeout=10, message="40 jobs")
+            assert await registered(w1) and await registered(w2)
+        assert await registered(w1) and not await registered(w2)
+        await _heartbeat_advances(app, w1)
+    assert set(seen) <= {w1.worker_id, w2.worker_id}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _is(app: Soniq, job_id: str, status: str) -> bool:
+    return await status_of(app, job_id) == status
+
+
+async def _drain_until(worker: Worker, app: Soniq, job_id: str, status: str) -> bool:
+    await worker.run_once()
+    return await _is(app, job_id, status)
+
+
+async def _idle(worker: Worker) -> None:
+    """Wait until the worker has nothing running and is parked waiting for work."""
+    await wait_until(lambda: not worker._running, timeout=5, message="worker idle")
+    await asyncio.sleep(0)  # let the loop reach its wait
+
+
+async def _heartbeat_advances(app: Soniq, worker: Worker) -> None:
+    async def beat() -> datetime | None:
+        for w in await app.backend.list_workers():
+            if w.id == worker.worker_id:
+                return w.last_heartbeat
+        return None
+
+    first = await beat()
+    assert first is not None
+    await wait_until(
+        lambda: _later(beat, first), timeout=5, message=f"heartbeat of {worker.worker_id}"
+    )
+
+
+async def _later(beat: Any, first: datetime) -> bool:
+    now = await beat()
+    return now is not None and now > first
