@@ -59,6 +59,7 @@ class Soniq:
         self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
         self._hook_set = HookSet()
         self._init_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._initialized = False
         self._dead_letter: DeadLetterService | None = None
         self._scheduler: Scheduler | None = None
@@ -66,10 +67,13 @@ class Soniq:
     # --- lifecycle ---------------------------------------------------------
     async def ensure_initialized(self) -> None:
         """Open the backend (the pool is otherwise created lazily on first use)."""
-        if self._initialized:
+        loop = asyncio.get_running_loop()
+        if self._initialized and self._loop is loop:
             return
-        if self._init_lock is None:
-            self._init_lock = asyncio.Lock()
+        if self._init_lock is None or self._loop is not loop:
+            # First use, or a new event loop (a second asyncio.run()): the lock and the
+            # pool of an earlier loop cannot be used here; the backend reopens.
+            self._init_lock, self._loop, self._initialized = asyncio.Lock(), loop, False
         async with self._init_lock:
             if not self._initialized:
                 await self.backend.open()
@@ -122,19 +126,35 @@ class Soniq:
         return decorator
 
     def periodic(
-        self, *, cron: Any = None, every: timedelta | float | None = None, **job_kwargs: Any
+        self,
+        *,
+        cron: Any = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        **job_kwargs: Any,
     ) -> Callable[[F], F]:
-        """Register a job and stamp a recurring schedule on it (fired by `soniq scheduler`)."""
-        from soniq.schedules import normalize_schedule
+        """Register a job and stamp a recurring schedule on it (fired by `soniq scheduler`).
+
+        Example::
+
+            @app.periodic(cron=daily().at("09:00"), name="reports.daily", timezone="Europe/Paris")
+            async def daily_report(): ...
+        """
+        from soniq.schedules import normalize_schedule, zone
 
         cron_expr, every_seconds = normalize_schedule(cron=cron, every=every)
+        zone(timezone)  # an unknown zone fails here, at definition time
         register = self.job(**job_kwargs)
 
         def decorator(func: F) -> F:
             register(func)
             definition = self._registry.for_function(func)
             assert definition is not None
-            stamp = {"cron": cron_expr, "every": every_seconds}
+            stamp = {
+                "cron": cron_expr, "every": every_seconds, "timezone": timezone,
+                "args": dict(args or {}),
+            }  # fmt: skip
             self._registry.register(_replace(definition, periodic=stamp))
             return func
 

@@ -134,8 +134,8 @@ class Scheduler:
         if current.status == "paused":
             now = self._clock()
             upcoming = next_run(current.cron, current.every_seconds, now, current.timezone)
-            # Move next_run_at while still paused, so no leader can fire the stale due time.
-            await backend.schedule_upsert(replace(current, next_run_at=upcoming))
+            # One statement moves next_run_at and activates: no leader sees the stale due time.
+            return await backend.schedule_set_status(name, "active", upcoming)
         return await backend.schedule_set_status(name, "active")
 
     async def remove(self, name: str) -> bool:

@@ -405,9 +405,12 @@ class Worker:
         log.info("Worker %s stopped after %d jobs", self.worker_id, self._processed)
 
     def _grace(self) -> float:
-        task = asyncio.current_task()
-        cancelled = task is not None and task.cancelling() if sys.version_info >= (3, 11) else False
-        return 0.0 if cancelled else self.settings.shutdown_timeout
+        """No grace when our own task was cancelled (embedding code wants us gone now)."""
+        if sys.version_info >= (3, 11):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return 0.0
+        return self.settings.shutdown_timeout
 
     @staticmethod
     async def _quietly(aw: Awaitable[Any], timeout: float) -> None:

@@ -158,7 +158,10 @@ class StorageBackend(Protocol):
 
     async def schedule_list(self, status: str | None = None) -> list[Schedule]: ...
 
-    async def schedule_set_status(self, name: str, status: str) -> bool: ...
+    async def schedule_set_status(
+        self, name: str, status: str, next_run_at: datetime | None = None
+    ) -> bool:
+        """Pause/resume; a given ``next_run_at`` is written in the same statement."""
 
     async def schedule_delete(self, name: str) -> bool: ...
 

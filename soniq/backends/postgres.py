@@ -6,6 +6,7 @@ The only module (with ``migrations_pg``) that imports asyncpg. All SQL lives in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from soniq.backends import Listener, MigrationInfo, MigrationReport
+from soniq.backends._common import build_queue_stats
 from soniq.errors import DatabaseUnavailableError, SchemaMissingError
 from soniq.job import (
     Ack,
@@ -37,9 +39,6 @@ from soniq.settings import SoniqSettings
 from soniq.sql import postgres_queries as q
 
 log = logging.getLogger("soniq.postgres")
-
-STATUS_KEYS = ("queued", "processing", "done", "cancelled", "dead_letter")
-
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages."""
@@ -95,11 +94,16 @@ class PostgresBackend:
         self.database_url = database_url
         self.settings = settings
         self._pool: Any = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------
     async def open(self) -> None:
         if self._pool is not None:
-            return
+            if self._pool_loop is asyncio.get_running_loop():
+                return
+            # The pool belongs to an event loop that has ended (a second asyncio.run(),
+            # a new test loop): its connections cannot be used from here. Start afresh.
+            self._pool, self._pool_loop = None, None
         try:
             pool = await asyncpg.create_pool(
                 self.database_url,
@@ -116,12 +120,12 @@ class PostgresBackend:
                 f"Soniq's tables are missing in {describe_target(self.database_url)}. "
                 "Run `soniq setup` (or `await app.setup()`) once to create them."
             )
-        self._pool = pool
+        self._pool, self._pool_loop = pool, asyncio.get_running_loop()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is not None and self._pool_loop is asyncio.get_running_loop():
+            await pool.close()  # a pool of an ended event loop cannot be awaited: dropped
 
     @property
     def pool(self) -> Any:
@@ -420,15 +424,3 @@ def _schedule(r: Any) -> Schedule:
         timezone=r["timezone"], status=r["status"], next_run_at=r["next_run_at"],
         last_run_at=r["last_run_at"], created_at=r["created_at"], updated_at=r["updated_at"],
     )  # fmt: skip
-
-
-def build_queue_stats(rows: Any) -> list[QueueStats]:
-    """(queue, status, count) triples → one ``QueueStats`` per queue, sorted by queue."""
-    counts: dict[str, dict[str, int]] = {}
-    for queue, status, n in rows:
-        per = counts.setdefault(queue, dict.fromkeys(STATUS_KEYS, 0))
-        per[status] = per.get(status, 0) + int(n)
-    return [
-        QueueStats(queue=name, total=sum(per[k] for k in STATUS_KEYS), **per)
-        for name, per in sorted(counts.items())
-    ]
