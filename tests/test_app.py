@@ -319,3 +319,22 @@ async def test_many_concurrent_setups_race_on_create_database(empty_pg_url: str)
 def test_repr_masks_password(no_soniq_env: None) -> None:
     text = repr(Soniq("postgresql://u:secret@h/db"))
     assert "secret" not in text and "postgres" in text
+
+
+def test_usable_from_successive_event_loops(pg_url: str) -> None:
+    """`asyncio.run(app.enqueue(...))` twice (scripts, sync frameworks) reopens the pool."""
+    app = Soniq(pg_url, **FAST_SETTINGS)
+
+    @app.job()
+    async def send_welcome(to: str) -> None: ...
+
+    first = asyncio.run(app.enqueue(send_welcome, to="a"))
+    second = asyncio.run(app.enqueue(send_welcome, to="b"))
+    assert first != second
+    jobs = asyncio.run(app.list_jobs())
+    assert {j["id"] for j in jobs} == {first, second}
+    asyncio.run(app.run_worker(run_once=True))
+    assert asyncio.run(app.get_result(first)) is None
+    assert asyncio.run(app.get_job(first))["status"] == "done"  # type: ignore[index]
+    asyncio.run(app.close())
+    asyncio.run(app.close())
