@@ -169,11 +169,16 @@ def test_jobs_periodic_samples() -> None:
 
     registry = app._get_job_registry()
     assert registry.names() == ["cleanup", "metrics.flush", "reports.daily"]
-    assert registry.get("reports.daily").periodic == {"cron": "0 9 * * *", "every": None}  # type: ignore[union-attr]
+    daily_def = registry.get("reports.daily")
+    assert daily_def is not None and daily_def.periodic is not None
+    assert (daily_def.periodic["cron"], daily_def.periodic["every"]) == ("0 9 * * *", None)
     cleanup = registry.get("cleanup")
     assert cleanup is not None and cleanup.queue == "maintenance"
-    assert cleanup.periodic == {"cron": "*/10 * * * *", "every": None}
-    assert registry.get("metrics.flush").periodic == {"cron": None, "every": 30.0}  # type: ignore[union-attr]
+    assert cleanup.periodic is not None
+    assert (cleanup.periodic["cron"], cleanup.periodic["every"]) == ("*/10 * * * *", None)
+    flush_def = registry.get("metrics.flush")
+    assert flush_def is not None and flush_def.periodic is not None
+    assert (flush_def.periodic["cron"], flush_def.periodic["every"]) == (None, 30.0)
     with pytest.raises(ConfigurationError, match="exactly one"):
         app.periodic(cron="* * * * *", every=5)
     with pytest.raises(ConfigurationError, match="exactly one"):
