@@ -1,0 +1,200 @@
+"""Long-running processes: ``soniq worker``, ``soniq scheduler``, ``soniq dashboard``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import io as _io
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+import soniq
+from soniq.app import Soniq
+from soniq.backends.postgres import mask_url
+from soniq.cli._common import (
+    Io,
+    cli_errors,
+    database_app,
+    database_url_option,
+    fail,
+    jobs_modules_env,
+    resolve_url,
+    run_app,
+    same_database,
+    split_csv,
+)
+
+log = logging.getLogger("soniq.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def jobs_modules_option(func: click.decorators.FC) -> click.decorators.FC:
+    option = click.option(
+        "--jobs-modules",
+        metavar="M1,M2",
+        default=None,
+        help="Comma-separated modules that define your jobs. Defaults to SONIQ_JOBS_MODULES.",
+    )
+    return option(func)
+
+
+def load_app(io: Io, url_option: str | None, modules_option: str | None) -> Soniq:
+    """Import the jobs modules and return their instance; warn if its URL is not the one given."""
+    from soniq.discovery import discover_app
+
+    url = resolve_url(url_option)
+    app = discover_app(modules_option or jobs_modules_env() or "")
+    if url is not None and not same_database(url, app.database_url):
+        io.warn(
+            f"the Soniq instance from your jobs modules uses {mask_url(app.database_url)}, "
+            f"not {mask_url(url)} (from --database-url/SONIQ_DATABASE_URL); "
+            "running on the instance's database. Make them agree to silence this warning."
+        )
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Log lines to stderr at ``level``; stdout line-buffered so ``print`` in jobs shows at once.
+
+    Logging a jobs module already configured (root handlers exist) is left alone,
+    except that Soniq's own loggers get ``level``.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("soniq").setLevel(level)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, _io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
+@click.command()
+@database_url_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs run at once. Defaults to SONIQ_CONCURRENCY (4).",
+)
+@click.option("--queues", metavar="A,B", default=None, help="Only these queues (default: all).")
+@click.option("--run-once", is_flag=True, help="Process the jobs available now, then exit.")
+@jobs_modules_option
+def worker(
+    database_url: str | None,
+    concurrency: int | None,
+    queues: str | None,
+    run_once: bool,
+    jobs_modules: str | None,
+) -> None:
+    """Run a worker for the jobs defined in SONIQ_JOBS_MODULES.
+
+    Stops gracefully on SIGINT/SIGTERM: running jobs get SONIQ_SHUTDOWN_TIMEOUT
+    seconds to finish, the rest go back to the queue. A second signal stops at once.
+    """
+    io = Io.create()
+    with cli_errors(io):
+        app = load_app(io, database_url, jobs_modules)
+    configure_logging(app.settings.log_level)
+    queue_list = split_csv(queues)
+    slots = concurrency or app.settings.concurrency
+    where = (
+        f"queues={','.join(queue_list) if queue_list else 'all'} concurrency={slots} "
+        f"database={mask_url(app.database_url)}"
+    )
+    log.info("soniq %s worker starting: %s", soniq.__version__, where)
+
+    async def body(instance: Soniq) -> bool:
+        return await instance.run_worker(concurrency=slots, run_once=run_once, queues=queue_list)
+
+    run_app(io, lambda: app, body)
+    log.info("soniq %s worker stopped: %s", soniq.__version__, where)
+
+
+@click.command()
+@database_url_option
+@jobs_modules_option
+@click.option(
+    "--tick",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between checks for due schedules.",
+)
+def scheduler(database_url: str | None, jobs_modules: str | None, tick: float) -> None:
+    """Fire recurring schedules (@app.periodic and app.scheduler.add) until SIGINT/SIGTERM.
+
+    Run several for availability: one leads at a time, a standby takes over.
+    """
+    io = Io.create()
+    with cli_errors(io):
+        app = load_app(io, database_url, jobs_modules)
+    configure_logging(app.settings.log_level)
+    where = f"database={mask_url(app.database_url)} tick={tick:g}s"
+    log.info("soniq %s scheduler starting: %s", soniq.__version__, where)
+
+    async def body(instance: Soniq) -> None:
+        from soniq.scheduler import run_scheduler
+
+        stop = asyncio.Event()
+        with _stop_on_signals(stop):
+            await run_scheduler(instance, stop, tick=tick)
+
+    run_app(io, lambda: app, body)
+    log.info("soniq %s scheduler stopped: %s", soniq.__version__, where)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, _on_stop_signal, sig, stop)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _on_stop_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    log.info("Received %s: stopping", sig.name)
+    stop.set()
+
+
+@click.command()
+@database_url_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=int, default=6161, show_default=True, help="Port to listen on.")
+def dashboard(database_url: str | None, host: str, port: int) -> None:
+    """Serve the web dashboard (when available in this version of Soniq)."""
+    io = Io.create()
+    factory = _dashboard_factory()
+    if factory is None:
+        fail(io, "soniq dashboard is not available yet")
+        return
+    with cli_errors(io):
+        app = database_app(database_url)()
+        import uvicorn
+
+        uvicorn.run(factory(app), host=host, port=port)
+
+
+def _dashboard_factory() -> Callable[[Soniq], Any] | None:
+    """``soniq.dashboard.create_dashboard_app`` once that module exists, else None."""
+    try:
+        if importlib.util.find_spec("soniq.dashboard") is None:
+            return None
+        module = importlib.import_module("soniq.dashboard")
+    except ImportError:
+        return None
+    factory = getattr(module, "create_dashboard_app", None)
+    return factory if callable(factory) else None
