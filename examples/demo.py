@@ -48,7 +48,8 @@ async def main() -> None:
         dead = await app.dead_letter.list_jobs()
         print(f"Dead-letter queue holds {len(dead)} job(s); replaying {failing[:8]}...")
         new_id = await app.dead_letter.replay(failing)
-        print(f"Replayed as {new_id[:8]}... with status {(await app.get_job(new_id) or {})['status']}")
+        replayed = await app.get_job(new_id) or {}
+        print(f"Replayed as {new_id[:8]}... with status {replayed.get('status')}")
         for row in await app.get_queue_stats():
             print(f"queue {row['queue']}: {row}")
 

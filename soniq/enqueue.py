@@ -144,7 +144,7 @@ def _check_arguments(definition: JobDefinition, job_args: dict[str, Any]) -> Non
 def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> None:
     try:
         model.model_validate(job_args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any model error, pydantic or custom
         raise JobValidationError(
             f"Arguments for {name} failed validation against {model.__name__}: {exc}"
         ) from None

@@ -31,9 +31,7 @@ Adapter = Callable[[JobContext, Any], Awaitable[None]]
 def _arity(func: Callable[..., Any]) -> tuple[int, int, bool]:
     """(required positional, max positional, has *args)."""
     params = inspect.signature(func).parameters.values()
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = sum(1 for p in positional if p.default is p.empty)
     star = any(p.kind == p.VAR_POSITIONAL for p in params)
     return required, len(positional), star

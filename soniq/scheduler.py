@@ -344,7 +344,7 @@ class SchedulerRunner:
         self.is_leader = False
         try:
             await self.app.backend.release_lead(LEADER_ROLE, self.owner_id)
-        except Exception as exc:  # the lease expires on its own
+        except Exception as exc:  # noqa: BLE001 - the lease expires on its own
             log.warning("Could not release the scheduler lease: %s", exc)
 
 

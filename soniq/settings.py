@@ -76,8 +76,7 @@ class SoniqSettings(BaseSettings):
         level = str(value).upper()
         if level not in LOG_LEVELS:
             raise ValueError(
-                f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)} "
-                "(SONIQ_LOG_LEVEL)"
+                f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)} (SONIQ_LOG_LEVEL)"
             )
         return level
 

@@ -29,7 +29,7 @@ def task_ref(
     default_queue: str | None = None,
     default_priority: int | None = None,
 ) -> TaskRef:
-    """Build a :class:`TaskRef`; ``args_model`` (a pydantic model) validates ``args=`` at enqueue."""
+    """Build a :class:`TaskRef`; ``args_model`` (pydantic) validates ``args=`` at enqueue."""
     if not isinstance(name, str) or not name.strip():
         raise TypeError("task_ref(name, ...) needs a non-empty task name string")
     return TaskRef(name, args_model, default_queue, default_priority)

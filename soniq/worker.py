@@ -30,7 +30,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -99,12 +98,12 @@ class Worker:
     def _reset_state(self) -> None:
         self._running: dict[asyncio.Task[None], ClaimedJob] = {}
         self._acks: list[Ack] = []
+        self._unwritten = 0  # outcomes pushed but not yet written by the backend
         self._wake = asyncio.Event()
         self._acks_ready = asyncio.Event()
         self._stopping = False
         self._force = False
         self._processed = 0
-        self._executor: ThreadPoolExecutor | None = None
         self._listener: Listener | None = None
 
     # --- entry points ------------------------------------------------------
@@ -145,11 +144,18 @@ class Worker:
                 if free <= 0:
                     await self._wait(None)
                     continue
+                # A drain ends only after a claim that saw every outcome written: an
+                # unwritten Retry due now would otherwise be left behind.
+                settled = not self._running and not self._unwritten
                 jobs = await self._claim(queues, free)
                 if jobs:
                     self._start_jobs(jobs)
-                elif drain and not self._running:
+                elif drain and settled:
                     break
+                elif drain and not self._running and not self._unwritten:
+                    continue
+                elif drain and not self._running:
+                    await self._wait(None)  # the ack loop sets _wake once it has written
                 else:
                     await self._wait(None if drain else self.settings.poll_interval)
         finally:
@@ -195,6 +201,7 @@ class Worker:
 
     def _push(self, ack: Ack) -> None:
         self._acks.append(ack)
+        self._unwritten += 1
         self._acks_ready.set()
 
     async def _attempt(self, job: ClaimedJob) -> Outcome:
@@ -219,7 +226,9 @@ class Worker:
             await hooks.run("after_job", ctx, (time.perf_counter() - started) * 1000.0)
         return Done(result_json)
 
-    async def _call(self, definition: JobDefinition, job: ClaimedJob, ctx: JobContext) -> str | None:
+    async def _call(
+        self, definition: JobDefinition, job: ClaimedJob, ctx: JobContext
+    ) -> str | None:
         kwargs = job.args
         if definition.context_param is not None:
             kwargs = {**kwargs, definition.context_param: ctx}
@@ -244,12 +253,7 @@ class Worker:
         if definition.is_async:
             coro: Awaitable[Any] = definition.func(**kwargs)
             return coro
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=max(self._concurrency, 1), thread_name_prefix="soniq-sync"
-            )
-        call = functools.partial(definition.func, **kwargs)
-        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return _in_daemon_thread(functools.partial(definition.func, **kwargs))
 
     def _failed(
         self, job: ClaimedJob, definition: JobDefinition | None, error: str, tb: str | None
@@ -277,6 +281,8 @@ class Worker:
             batch, self._acks = self._acks, []
             try:
                 await self.backend.ack(batch, result_ttl=self.settings.result_ttl)
+                self._unwritten -= len(batch)
+                self._wake.set()
             except asyncio.CancelledError:
                 # Shutdown cancels the ack loop, possibly mid-write: keep the batch so
                 # the final flush writes it (acks are idempotent thanks to the lease).
@@ -299,7 +305,6 @@ class Worker:
                 f"(concurrency + pool_headroom). Raise SONIQ_POOL_MAX_SIZE (pool_max_size) "
                 "or lower the concurrency."
             )
-        self._concurrency = concurrency
 
     async def _start(
         self, concurrency: int, queues: list[str] | None, *, listen: bool
@@ -360,7 +365,7 @@ class Worker:
                     await asyncio.wait_for(listener.close(), 2.0)
             try:
                 self._listener = await self.backend.listen(self._on_notify(queues))
-            except Exception as exc:  # database still away: try again later
+            except Exception as exc:  # noqa: BLE001 - database still away: try again later
                 log.warning("Subscribing to new-job notifications failed: %s", exc)
             if self._listener is not None:
                 log.info("LISTEN connection re-established")
@@ -369,6 +374,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Recover jobs of dead workers and prune expired results, one leader at a time."""
         interval = self.settings.cleanup_interval
+        with contextlib.suppress(Exception):
+            await self._warn_if_no_scheduler()
         while True:
             try:
                 if await self.backend.try_lead("maintenance", self.worker_id, interval * 3):
@@ -380,6 +387,18 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("Maintenance sweep failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def _warn_if_no_scheduler(self) -> None:
+        """Periodic jobs fire only while a `soniq scheduler` leads: say so once if none does."""
+        if not any(d.periodic for d in self.registry.definitions()):
+            return
+        probe = f"probe-{self.worker_id}"
+        if await self.backend.try_lead("scheduler", probe, 0.001):  # free: nobody leads
+            await self.backend.release_lead("scheduler", probe)
+            log.warning(
+                "This app defines periodic jobs but no `soniq scheduler` has led recently; "
+                "run `soniq scheduler` (one or more, they elect a leader) so they fire"
+            )
 
     async def _shutdown(self, side: list[Any]) -> None:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
@@ -400,8 +419,6 @@ class Worker:
         await self._quietly(self.backend.release_lead("maintenance", self.worker_id), 5.0)
         if listener is not None:
             await self._quietly(listener.close(), 5.0)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("Worker %s stopped after %d jobs", self.worker_id, self._processed)
 
     def _grace(self) -> float:
@@ -469,6 +486,36 @@ def _dispatch_signal(loop: asyncio.AbstractEventLoop, signum: int) -> None:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run a sync handler on its own daemon thread.
+
+    Not a ThreadPoolExecutor: Python joins pool threads at exit, so a sync job
+    that outlives the shutdown grace period would keep the process alive. The
+    worker's slots already bound how many run at once.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = call(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # loop closed while the job ran: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="soniq-sync-job", daemon=True).start()
+    return future
 
 
 def _describe(exc: BaseException) -> str:

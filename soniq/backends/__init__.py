@@ -215,7 +215,7 @@ def detect_backend(database_url: str) -> str:
 
 
 def sqlite_path(database_url: str) -> str:
-    """``sqlite:///rel.db`` → ``rel.db``, ``sqlite:////abs.db`` → ``/abs.db``; paths pass through."""
+    """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db``; paths as is."""
     url = database_url.strip()
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]

@@ -7,6 +7,7 @@ The only module (with ``migrations_pg``) that imports asyncpg. All SQL lives in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -39,6 +40,7 @@ from soniq.settings import SoniqSettings
 from soniq.sql import postgres_queries as q
 
 log = logging.getLogger("soniq.postgres")
+
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages."""
@@ -76,10 +78,8 @@ class _PgListener:
     async def close(self) -> None:
         if self._conn.is_closed():
             return
-        try:
+        with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
             await self._conn.remove_listener(q.CHANNEL, self._callback)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-            pass
         await self._conn.close(timeout=2)
 
 
@@ -170,9 +170,7 @@ class PostgresBackend:
         else:
             rows = await conn.fetch(q.JOB_INSERT_MANY, *_columns(jobs))
             new_ids = {str(r["id"]) for r in rows}
-        return [
-            j.id if j.id in new_ids else await self._existing_id(conn, j) for j in jobs
-        ]
+        return [j.id if j.id in new_ids else await self._existing_id(conn, j) for j in jobs]
 
     async def _existing_id(self, conn: Any, job: NewJob) -> str:
         """The live job a duplicate enqueue collided with (re-inserting if it just finished)."""
@@ -233,7 +231,7 @@ class PostgresBackend:
         for sql, rows in ((q.JOB_ACK_RETRY, retries), (q.JOB_ACK_FAIL, fails),
                           (q.JOB_ACK_REQUEUE, requeues)):  # fmt: skip
             if rows:
-                await conn.execute(sql, *(list(col) for col in zip(*rows)))
+                await conn.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
 
     async def register_worker(self, info: WorkerInfo) -> None:
         await self.pool.execute(
@@ -381,7 +379,7 @@ def _row(j: NewJob) -> tuple[Any, ...]:
 
 
 def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
-    return [list(col) for col in zip(*(_row(j) for j in jobs))]
+    return [list(col) for col in zip(*(_row(j) for j in jobs), strict=True)]
 
 
 def _uuid(value: str) -> uuid.UUID | None:

@@ -154,9 +154,9 @@ def find_context_param(func: Callable[..., Any], context_type: type[Any]) -> str
         hint = hints.get(pname, param.annotation)
         if hint is context_type or _is_optional_of(hint, context_type):
             return pname
-        if isinstance(hint, str) and hint.replace("soniq.job.", "").replace(
-            "soniq.", ""
-        ).strip("'\"") in ("JobContext", "JobContext | None", "Optional[JobContext]"):
+        if isinstance(hint, str) and hint.replace("soniq.job.", "").replace("soniq.", "").strip(
+            "'\""
+        ) in ("JobContext", "JobContext | None", "Optional[JobContext]"):
             return pname
     return None
 

@@ -155,7 +155,7 @@ DELETE FROM soniq_workers WHERE last_heartbeat < now() - make_interval(secs => $
 # before ever heartbeating) go back to the queue, or to the dead-letter table
 # when the lost attempt was their last.
 JOB_RECOVER_ORPHANS = (
-    f"""
+    """
 WITH lost AS (
     SELECT j.id FROM soniq_jobs j
     WHERE j.status = 'processing'
