@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from soniq.core.registry import JobDefinition, JobRegistry
 from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
 from soniq.job import NewJob
+from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
 from soniq.task_ref import TaskRef
 
@@ -151,18 +151,11 @@ def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> No
 
 
 # A JSON "\u0000" escape (not preceded by an escaping backslash): PostgreSQL's jsonb rejects it.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _dumps_args(name: str, job_args: dict[str, Any]) -> str:
     try:
-        # Strict JSON, as jsonb accepts it: no NaN/Infinity, no NUL, no lone surrogates.
-        text = json.dumps(job_args, separators=(",", ":"), allow_nan=False)
-        if "\\u0000" in text and _NUL_ESCAPE.search(text):
-            raise ValueError("a string holds a NUL character (\\u0000); PostgreSQL rejects it")
-        if "\\ud" in text:  # surrogate escapes: fine in pairs, not alone
-            json.dumps(job_args, ensure_ascii=False).encode("utf-8")
-        return text
+        return dumps_strict(job_args)
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"Arguments for {name} are not JSON-serialisable ({exc}); pass plain values "

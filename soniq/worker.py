@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -39,6 +37,7 @@ from soniq.errors import WorkerError
 from soniq.hooks import HookSet
 from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
 from soniq.retry import retry_delay_seconds
+from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
 
 log = logging.getLogger("soniq.worker")
@@ -536,21 +535,14 @@ def _expired(limit: Any) -> bool:
 
 
 # A JSON ``\u0000`` escape (not an escaped backslash followed by "u0000"): jsonb rejects it.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _dump_result(result: Any) -> str | None:
     if result is None:
         return None
     try:
-        # Strict JSON: NaN/Infinity, NUL characters and lone surrogates are refused here,
-        # as a failed attempt, instead of making the database reject the whole ack batch.
-        text = json.dumps(result, allow_nan=False)
-        if "\\u0000" in text and _NUL_ESCAPE.search(text):
-            raise ValueError("it contains a NUL character (\\u0000), which PostgreSQL rejects")
-        if "\\ud" in text:  # surrogate escapes: fine in pairs, not alone
-            json.dumps(result, ensure_ascii=False).encode("utf-8")
-        return text
+        # Refused here, as a failed attempt, rather than failing the whole ack batch.
+        return dumps_strict(result)
     except (TypeError, ValueError) as exc:
         error = TypeError(
             f"job returned a {type(result).__name__}, which is not JSON-serialisable ({exc}); "
