@@ -234,10 +234,12 @@ class SQLiteBackend:
 
         A cancelled statement keeps running on aiosqlite's thread; the ROLLBACK
         is queued behind it on that same thread, so nothing is left half done.
+        That holds for the BEGIN too: a cancelled BEGIN still opens the transaction
+        (and takes the write lock), so it must be inside the ``try``.
         """
         async with self._lock:
-            await self._begin(conn)
             try:
+                await self._begin(conn)
                 yield conn
                 await conn.execute(q.COMMIT)
             except BaseException:
