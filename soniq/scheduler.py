@@ -198,6 +198,11 @@ async def store_schedule(app: Soniq, schedule: Schedule, now: datetime) -> Sched
     current = await app.backend.schedule_get(schedule.name)
     if current is not None:
         schedule = replace(schedule, status=current.status)
+    if current is not None and current.next_run_at and _same_definition(current, schedule):
+        # Unchanged (every scheduler start re-syncs @app.periodic): write nothing. Writing
+        # back the next_run_at read above would undo a fire the leader made meanwhile,
+        # and that due time would fire a second time.
+        return current
     if current is not None and _same_timing(current, schedule) and current.next_run_at:
         return await app.backend.schedule_upsert(replace(schedule, next_run_at=current.next_run_at))
     upcoming = next_run(schedule.cron, schedule.every_seconds, now, schedule.timezone)
@@ -206,6 +211,11 @@ async def store_schedule(app: Soniq, schedule: Schedule, now: datetime) -> Sched
 
 def _same_timing(a: Schedule, b: Schedule) -> bool:
     return (a.cron, a.every_seconds, a.timezone) == (b.cron, b.every_seconds, b.timezone)
+
+
+def _same_definition(a: Schedule, b: Schedule) -> bool:
+    what = (a.job_name, a.args, a.queue, a.priority) == (b.job_name, b.args, b.queue, b.priority)
+    return what and _same_timing(a, b)
 
 
 async def sync_periodic(app: Soniq, *, now: datetime | None = None) -> list[Schedule]:
