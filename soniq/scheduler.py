@@ -323,7 +323,7 @@ class SchedulerRunner:
                 "Schedule %r cannot enqueue %s (%s); skipping the run due at %s",
                 schedule.name, schedule.job_name, exc, due.isoformat(),
             )  # fmt: skip
-            await self.app.backend.schedule_upsert(replace(schedule, next_run_at=upcoming))
+            await self.app.backend.schedule_set_status(schedule.name, schedule.status, upcoming)
             return 0
         fired = await self.app.backend.schedule_fire(schedule.name, due, upcoming, job)
         if fired:

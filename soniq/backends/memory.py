@@ -518,6 +518,8 @@ class MemoryBackend:
         with self._mutex:
             existing = self._schedules.get(s.name)
             if existing is not None:
+                if _same_timing(existing, s):  # keep a due time a leader just advanced
+                    fields["next_run_at"] = existing.next_run_at
                 stored = replace(existing, **fields)
             else:
                 stored = replace(s, **fields, last_run_at=None, created_at=now)
@@ -588,3 +590,7 @@ def _detached(dead: DeadLetterJob) -> DeadLetterJob:
 
 def _detached_schedule(schedule: Schedule) -> Schedule:
     return replace(schedule, args=_copy_json(schedule.args))
+
+
+def _same_timing(a: Schedule, b: Schedule) -> bool:
+    return (a.cron, a.every_seconds, a.timezone) == (b.cron, b.every_seconds, b.timezone)

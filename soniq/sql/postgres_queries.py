@@ -272,7 +272,14 @@ ON CONFLICT (name) DO UPDATE
 SET job_name = EXCLUDED.job_name, args = EXCLUDED.args, queue = EXCLUDED.queue,
     priority = EXCLUDED.priority, cron = EXCLUDED.cron,
     every_seconds = EXCLUDED.every_seconds, timezone = EXCLUDED.timezone,
-    next_run_at = EXCLUDED.next_run_at, updated_at = now()
+    -- Same timing: keep the stored due time, which a leader may have just advanced
+    -- (re-syncing definitions at every scheduler start must never rewind it).
+    next_run_at = CASE
+        WHEN soniq_schedules.cron IS NOT DISTINCT FROM EXCLUDED.cron
+         AND soniq_schedules.every_seconds IS NOT DISTINCT FROM EXCLUDED.every_seconds
+         AND soniq_schedules.timezone = EXCLUDED.timezone
+        THEN soniq_schedules.next_run_at ELSE EXCLUDED.next_run_at END,
+    updated_at = now()
 RETURNING {_SCHEDULE_COLUMNS}
 """
 SCHEDULE_GET = f"SELECT {_SCHEDULE_COLUMNS} FROM soniq_schedules WHERE name = $1"

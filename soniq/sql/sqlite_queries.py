@@ -264,7 +264,13 @@ ON CONFLICT (name) DO UPDATE
 SET job_name = excluded.job_name, args = excluded.args, queue = excluded.queue,
     priority = excluded.priority, cron = excluded.cron,
     every_seconds = excluded.every_seconds, timezone = excluded.timezone,
-    next_run_at = excluded.next_run_at, updated_at = excluded.updated_at
+    -- Same timing: keep the stored due time (a leader may have just advanced it).
+    next_run_at = CASE
+        WHEN soniq_schedules.cron IS excluded.cron
+         AND soniq_schedules.every_seconds IS excluded.every_seconds
+         AND soniq_schedules.timezone = excluded.timezone
+        THEN soniq_schedules.next_run_at ELSE excluded.next_run_at END,
+    updated_at = excluded.updated_at
 RETURNING {_SCHEDULE_COLUMNS}
 """
 SCHEDULE_GET = f"SELECT {_SCHEDULE_COLUMNS} FROM soniq_schedules WHERE name = :name"

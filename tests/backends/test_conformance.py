@@ -816,8 +816,11 @@ async def test_schedules_upsert_get_list_status_delete(soniq_app: Soniq) -> None
     await backend.schedule_set_status("conf.every", "paused")
     changed = dataclasses.replace(every, args={"n": 2}, status="active", next_run_at=due)
     updated = await backend.schedule_upsert(changed)  # definition replaced, status kept
-    assert (updated.args, updated.status, updated.next_run_at) == ({"n": 2}, "paused", due)
+    # Same timing: the stored due time stays (a re-sync never rewinds what a leader advanced).
+    assert (updated.args, updated.status, updated.next_run_at) == ({"n": 2}, "paused", rearm)
     assert updated.created_at == stored.created_at
+    retimed = dataclasses.replace(changed, every_seconds=120.0, next_run_at=due)
+    assert (await backend.schedule_upsert(retimed)).next_run_at == due  # new timing: new due
 
     assert await backend.schedule_delete("conf.every") is True
     assert await backend.schedule_get("conf.every") is None
