@@ -149,14 +149,13 @@ class Worker:
                 jobs = await self._claim(queues, free)
                 if jobs:
                     self._start_jobs(jobs)
-                elif drain and settled:
+                elif not drain:
+                    await self._wait(self.settings.poll_interval)  # NOTIFY wakes us sooner
+                elif settled:
                     break
-                elif drain and not self._running and not self._unwritten:
-                    continue
-                elif drain and not self._running:
-                    await self._wait(None)  # the ack loop sets _wake once it has written
-                else:
-                    await self._wait(None if drain else self.settings.poll_interval)
+                elif self._running or self._unwritten:
+                    await self._wait(None)  # a finishing job or the ack loop wakes us
+                # else: outcomes were written while we claimed: claim once more
         finally:
             await self._shutdown(side)
         return self._processed > 0
