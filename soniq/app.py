@@ -14,11 +14,12 @@ from soniq.backends import MigrationReport, StorageBackend, make_backend
 from soniq.core.registry import (
     JobDefinition,
     JobRegistry,
+    argument_names,
     default_task_name,
     find_context_param,
     handler_signature,
 )
-from soniq.enqueue import EnqueueOptions, build_job, check_priority
+from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
 from soniq.errors import ConfigurationError, JobRegistrationError
 from soniq.hooks import HOOK_EVENTS, HookSet, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
@@ -170,6 +171,7 @@ class Soniq:
             raise JobRegistrationError(f"@app.job() decorates functions, not {func!r}")
         _check_job_options(retries, priority, queue, retry_delay, retry_max_delay, timeout)
         context_param = find_context_param(func, JobContext)
+        signature = handler_signature(func, context_param)
         return JobDefinition(
             name=name or default_task_name(func),
             func=func,
@@ -186,7 +188,8 @@ class Soniq:
             timeout=timeout,
             args_model=model,
             context_param=context_param,
-            signature=handler_signature(func, context_param),
+            signature=signature,
+            arg_names=argument_names(signature),
         )
 
     def _get_job_registry(self) -> JobRegistry:
@@ -259,14 +262,8 @@ class Soniq:
         connection: Any = None,
     ) -> list[str]:
         """Enqueue one job per argument dict in one round trip; same validation and dedup."""
-        is_callable = callable(target) and not isinstance(target, str)
-        jobs = [
-            self._build_job(
-                target, args=None if is_callable else item, kwargs=item if is_callable else None,
-                priority=priority, queue=queue, scheduled_at=scheduled_at, unique=unique,
-            )
-            for item in items
-        ]  # fmt: skip
+        options = EnqueueOptions(priority, queue, scheduled_at, unique, None)
+        jobs = build_jobs(self._registry, self.settings, target, items, options)
         return await self._insert(jobs, connection) if jobs else []
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -50,7 +50,24 @@ def build_job(
 ) -> NewJob:
     """Validate one enqueue and produce the row to insert."""
     resolved = _resolve(registry, settings, target, args, kwargs)
-    job_args = dict(kwargs) if args is None else dict(args)
+    return _make_job(resolved, settings, dict(kwargs) if args is None else dict(args), options)
+
+
+def build_jobs(
+    registry: JobRegistry,
+    settings: SoniqSettings,
+    target: Any,
+    items: Iterable[Mapping[str, Any]],
+    options: EnqueueOptions,
+) -> list[NewJob]:
+    """``build_job`` for many argument dicts of one target, resolving the target once."""
+    resolved = _resolve(registry, settings, target, None, {})
+    return [_make_job(resolved, settings, dict(item), options) for item in items]
+
+
+def _make_job(
+    resolved: _Target, settings: SoniqSettings, job_args: dict[str, Any], options: EnqueueOptions
+) -> NewJob:
     if resolved.definition is not None:
         _check_arguments(resolved.definition, job_args)
     if resolved.ref is not None and resolved.ref.args_model is not None:
@@ -130,6 +147,14 @@ def _describe(func: Callable[..., Any]) -> str:
 
 
 def _check_arguments(definition: JobDefinition, job_args: dict[str, Any]) -> None:
+    names = definition.arg_names
+    if names is not None:
+        required, allowed = names
+        keys = job_args.keys()
+        if required <= keys and (allowed is None or keys <= allowed):
+            if definition.args_model is not None:
+                _validate_model(definition.name, definition.args_model, job_args)
+            return
     try:
         definition.signature.bind(**job_args)
     except TypeError as exc:

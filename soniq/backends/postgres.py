@@ -164,15 +164,14 @@ class PostgresBackend:
         return await self._enqueue_on(connection, jobs)
 
     async def _enqueue_on(self, conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+        dedup = any(j.dedup_key is not None for j in jobs)
         if len(jobs) == 1:
-            j = jobs[0]
-            inserted = await conn.fetchval(
-                q.JOB_INSERT, j.id, j.job_name, j.args_json, j.queue, j.priority,
-                j.max_attempts, j.scheduled_at, j.dedup_key,
-            )  # fmt: skip
-            new_ids = {j.id} if inserted is not None else set()
+            sql = q.JOB_INSERT if dedup else q.JOB_INSERT_PLAIN
+            inserted = await conn.fetchval(sql, *_row(jobs[0]))
+            new_ids = {jobs[0].id} if inserted is not None else set()
         else:
-            rows = await conn.fetch(q.JOB_INSERT_MANY, *_columns(jobs))
+            sql = q.JOB_INSERT_MANY if dedup else q.JOB_INSERT_MANY_PLAIN
+            rows = await conn.fetch(sql, *_columns(jobs))
             new_ids = {str(r["id"]) for r in rows}
         return [j.id if j.id in new_ids else await self._existing_id(conn, j) for j in jobs]
 

@@ -33,6 +33,9 @@ class JobDefinition:
     args_model: type[Any] | None = None
     context_param: str | None = None
     signature: inspect.Signature = field(default_factory=inspect.Signature)
+    # (required, allowed or None for **kwargs) when keyword binding can be checked with
+    # set operations; None for signatures only Signature.bind can judge.
+    arg_names: tuple[frozenset[str], frozenset[str] | None] | None = None
     periodic: dict[str, Any] | None = None
 
     @property
@@ -172,3 +175,22 @@ def handler_signature(func: Callable[..., Any], context_param: str | None) -> in
         return sig
     params = [p for n, p in sig.parameters.items() if n != context_param]
     return sig.replace(parameters=params)
+
+
+def argument_names(sig: inspect.Signature) -> tuple[frozenset[str], frozenset[str] | None] | None:
+    """Required and allowed keyword names, so enqueue can check arguments without ``bind``."""
+    required: set[str] = set()
+    allowed: set[str] | None = set()
+    for name, param in sig.parameters.items():
+        if param.kind == param.VAR_KEYWORD:
+            allowed = None
+        elif param.kind == param.VAR_POSITIONAL:
+            continue
+        elif param.kind == param.POSITIONAL_ONLY:
+            return None
+        else:
+            if param.default is param.empty:
+                required.add(name)
+            if allowed is not None:
+                allowed.add(name)
+    return frozenset(required), (frozenset(allowed) if allowed is not None else None)
