@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -156,7 +157,7 @@ class Soniq:
                 "cron": cron_expr, "every": every_seconds, "timezone": timezone,
                 "args": dict(args or {}),
             }  # fmt: skip
-            self._registry.register(_replace(definition, periodic=stamp))
+            self._registry.register(dataclasses.replace(definition, periodic=stamp))
             return func
 
         return decorator
@@ -236,7 +237,7 @@ class Soniq:
         args: dict[str, Any] | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        scheduled_at: datetime | None = None,
+        scheduled_at: datetime | float | None = None,
         unique: bool | None = None,
         dedup_key: str | None = None,
         connection: Any = None,
@@ -285,7 +286,7 @@ class Soniq:
         **kwargs: Any,
     ) -> str:
         """Enqueue to run at ``run_at`` (a UTC datetime, or seconds from now)."""
-        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)  # type: ignore[arg-type]
+        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
 
     # --- inspect and manage -----------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -433,9 +434,3 @@ def _check_job_options(
     for label, value in (("retry_max_delay", retry_max_delay), ("timeout", timeout)):
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
             raise JobRegistrationError(f"{label} must be seconds >= 0, got {value!r}")
-
-
-def _replace(definition: JobDefinition, **changes: Any) -> JobDefinition:
-    from dataclasses import replace
-
-    return replace(definition, **changes)

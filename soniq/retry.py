@@ -17,10 +17,10 @@ def retry_delay_seconds(
     delay per attempt; ``retry_max_delay`` caps the result.
     """
     n = max(attempt, 1)
-    if isinstance(retry_delay, (list, tuple)):
-        base = float(retry_delay[min(n, len(retry_delay)) - 1]) if retry_delay else 0.0
+    if isinstance(retry_delay, (int, float)):
+        base = float(retry_delay)
     else:
-        base = float(retry_delay)  # type: ignore[arg-type]
+        base = float(retry_delay[min(n, len(retry_delay)) - 1]) if retry_delay else 0.0
     delay = base * (2 ** (n - 1)) if retry_backoff else base
     if retry_max_delay is not None:
         delay = min(delay, float(retry_max_delay))

@@ -221,7 +221,7 @@ class PostgresBackend:
         if result_ttl <= 0:
             await conn.execute(q.JOB_ACK_DONE_DELETE, ids, leases)
             return
-        results = [a.outcome.result_json for a in acks]  # type: ignore[union-attr]
+        results = [a.outcome.result_json if isinstance(a.outcome, Done) else None for a in acks]
         await conn.execute(q.JOB_ACK_DONE, ids, leases, results, float(result_ttl))
 
     async def _ack_other(self, conn: Any, acks: Sequence[Ack]) -> None:
