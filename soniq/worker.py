@@ -354,8 +354,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             listener = self._listener
-            alive = getattr(listener, "is_alive", None)
-            if listener is not None and (alive is None or alive()):
+            if listener is not None and listener.is_alive():
                 continue
             if listener is not None:
                 log.warning("LISTEN connection lost; subscribing again (polling meanwhile)")

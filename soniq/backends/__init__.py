@@ -48,6 +48,9 @@ class MigrationInfo:
 class Listener(Protocol):
     """A subscription to new-job notifications; closing it releases its connection."""
 
+    def is_alive(self) -> bool:
+        """False once the subscription is lost (its connection dropped); the worker re-listens."""
+
     async def close(self) -> None: ...
 
 

@@ -106,6 +106,9 @@ class _Subscription:
         self.callback = callback
         self.loop = loop
 
+    def is_alive(self) -> bool:
+        return True  # in-process: nothing to lose
+
     async def close(self) -> None:
         self._owner.remove(self)
 
