@@ -130,7 +130,7 @@ class Worker:
         self._check_capacity(concurrency)
         self._reset_state()
         queues = list(queues) if queues else None
-        side = await self._start(concurrency, queues, listen=not drain)
+        side_loops = await self._start(concurrency, queues, listen=not drain)
         try:
             while not self._stopping:
                 free = concurrency - len(self._running)
@@ -156,7 +156,7 @@ class Worker:
                     await self._wait(None)  # a finishing job or the ack loop wakes us
                 # else: outcomes were written while we claimed: claim once more
         finally:
-            await self._shutdown(side)
+            await self._shutdown(side_loops)
         return self._processed > 0
 
     async def _claim(self, queues: Sequence[str] | None, limit: int) -> list[ClaimedJob]:
@@ -307,7 +307,8 @@ class Worker:
 
     async def _start(
         self, concurrency: int, queues: list[str] | None, *, listen: bool
-    ) -> list[Any]:
+    ) -> list[asyncio.Task[None]]:
+        """Register, subscribe, and start the side loops; returns them for ``_shutdown``."""
         await self.backend.open()
         info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), queues, concurrency)
         await self.backend.register_worker(info)
@@ -327,7 +328,7 @@ class Worker:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="soniq-maintenance"))
         if listener is not None:
             tasks.append(asyncio.create_task(self._relisten_loop(queues), name="soniq-relisten"))
-        return [listener, tasks]
+        return tasks
 
     def _on_notify(self, queues: list[str] | None) -> Callable[[str], None]:
         wanted = set(queues) if queues else None
@@ -398,9 +399,8 @@ class Worker:
                 "run `soniq scheduler` (one or more, they elect a leader) so they fire"
             )
 
-    async def _shutdown(self, side: list[Any]) -> None:
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
-        tasks: list[asyncio.Task[None]] = side[1]
         self._stopping = True
         if self._running and not self._force:
             await asyncio.wait(list(self._running), timeout=self._grace())
