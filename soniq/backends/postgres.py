@@ -40,6 +40,7 @@ from soniq.settings import SoniqSettings
 from soniq.sql import postgres_queries as q
 
 log = logging.getLogger("soniq.postgres")
+CLOSE_TIMEOUT = 10.0
 
 
 def mask_url(url: str) -> str:
@@ -125,8 +126,14 @@ class PostgresBackend:
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None and self._pool_loop is asyncio.get_running_loop():
-            await pool.close()  # a pool of an ended event loop cannot be awaited: dropped
+        if pool is None or self._pool_loop is not asyncio.get_running_loop():
+            return  # a pool of an ended event loop cannot be awaited: dropped
+        try:
+            # Graceful close waits for every borrowed connection; never wait forever.
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("Connections still in use after %ss; closing them", CLOSE_TIMEOUT)
+            pool.terminate()
 
     @property
     def pool(self) -> Any:
