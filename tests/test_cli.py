@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,8 @@ from soniq.cli._common import same_database
 from soniq.discovery import discover_app
 from soniq.errors import DiscoveryError
 from soniq.job import WorkerInfo
-from tests.helpers import FAST_SETTINGS, wait_until, wait_until_sync
+from tests.helpers import FAST_SETTINGS, wait_until
+from tests.processes import SoniqProcess
 from tests.worker_support import connect
 
 QUICKSTART_JOBS = """\
@@ -131,58 +131,15 @@ def clean_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
     return result.stderr
 
 
-class Running:
-    """A long-running ``soniq`` subprocess whose merged output is collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "soniq", *args],
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> None:
-        def seen() -> bool:
-            if text in self.output:
-                return True
-            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.output}"
-            return False
-
-        wait_until_sync(seen, timeout=timeout, message=f"{text!r} in:\n{self.output}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-
 @contextmanager
-def running(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[Running]:
-    proc = Running(args, env, cwd)
+def running(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> Iterator[SoniqProcess]:
+    proc = SoniqProcess(args, env, cwd)
     try:
         yield proc
     finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait(timeout=10)
+        proc.kill()
 
 
 async def fetch(url: str, sql: str, *args: Any) -> list[Any]:

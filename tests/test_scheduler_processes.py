@@ -17,10 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
@@ -30,7 +27,8 @@ from typing import Any
 import asyncpg
 
 from soniq import Soniq
-from tests.helpers import wait_until, wait_until_sync
+from tests.helpers import wait_until
+from tests.processes import SoniqProcess
 
 TICK = 0.2  # scheduler --tick; its lease TTL is then max(5, 3 * tick) = 5 s
 LEASE_TTL = timedelta(seconds=5)
@@ -58,70 +56,13 @@ async def tick(ctx: JobContext):
 
 
 # --- processes ------------------------------------------------------------------
-class Proc:
-    """A ``python -m soniq ...`` subprocess; merged output collected by a reader thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "soniq", *args],
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 15.0) -> None:
-        def seen() -> bool:
-            if text in self.output:
-                return True
-            assert self.proc.poll() is None, f"{self.args} exited:\n{self.output}"
-            return False
-
-        wait_until_sync(seen, timeout=timeout, message=f"{text!r} in:\n{self.output}")
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"{self.args} exited:\n{self.output}"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-
-
 @contextmanager
 def processes() -> Iterator[Any]:
     """Yields ``start(args)``; every process started through it is killed on exit."""
-    started: list[Proc] = []
+    started: list[SoniqProcess] = []
 
-    def start(args: list[str], env: dict[str, str], cwd: Path) -> Proc:
-        proc = Proc(args, env, cwd)
+    def start(args: list[str], env: dict[str, str], cwd: Path) -> SoniqProcess:
+        proc = SoniqProcess(args, env, cwd)
         started.append(proc)
         return proc
 
