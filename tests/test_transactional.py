@@ -209,6 +209,8 @@ async def test_connection_rejected_on_memory_and_sqlite(tmp_path: Path) -> None:
             await app.enqueue(job, connection=object(), x=1)
         with pytest.raises(ValueError, match="PostgreSQL"):
             await app.enqueue_many(job, [{"x": 1}], connection=object())
+        with pytest.raises(ValueError, match="postgresql://"):
+            app.backend.acquire()  # no connection to lend: a clear error, not AttributeError
         assert await app.list_jobs() == []
         await app.close()
 

@@ -10,6 +10,7 @@ notifications) instead of callers testing for a class.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -68,6 +69,9 @@ class StorageBackend(Protocol):
 
     async def close(self) -> None:
         """Release every connection (idempotent)."""
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        """Lend a raw connection for transactional enqueue (PostgreSQL); others raise ValueError."""
 
     async def migrate(self) -> MigrationReport:
         """Create the database if missing and apply pending migrations, safely concurrent."""

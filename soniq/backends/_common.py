@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -65,6 +66,14 @@ def reject_connection(connection: Any, backend_name: str) -> None:
             f"the {backend_name} backend cannot join your transaction. Enqueue without "
             "connection=, or use a postgresql:// database_url."
         )
+
+
+def no_connections(backend_name: str) -> AbstractAsyncContextManager[Any]:
+    """``backend.acquire()`` where there is no database connection to lend."""
+    raise ValueError(
+        f"backend.acquire() lends a PostgreSQL connection for transactional enqueue; the "
+        f"{backend_name} backend has none. Use a postgresql:// database_url for that pattern."
+    )
 
 
 def check_schedule_status(status: str) -> None:

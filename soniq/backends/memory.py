@@ -20,6 +20,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from soniq.backends._common import (
     check_schedule_status,
     lost_worker_error,
     maybe_utc,
+    no_connections,
     normalize_id,
     reject_connection,
     to_utc,
@@ -143,6 +145,9 @@ class MemoryBackend:
 
     async def close(self) -> None:
         """Keeps the data: closing and reopening an app must not lose queued jobs."""
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        return no_connections(self.name)
 
     async def migrate(self) -> MigrationReport:
         return MigrationReport()

@@ -26,6 +26,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,7 @@ from soniq.backends._common import (
     InProcessListeners,
     build_queue_stats,
     check_schedule_status,
+    no_connections,
     normalize_id,
     reject_connection,
     to_utc,
@@ -136,6 +138,9 @@ class SQLiteBackend:
         if conn is not None:
             async with self._lock:  # let an in-flight transaction finish first
                 await conn.close()
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        return no_connections(self.name)
 
     async def migrate(self) -> MigrationReport:
         report = await self._apply_migrations(await self._connection())
