@@ -22,7 +22,7 @@ from soniq.core.registry import (
 )
 from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
 from soniq.errors import ConfigurationError, JobRegistrationError
-from soniq.hooks import HOOK_EVENTS, HookSet, adapt_hook
+from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
 
@@ -59,7 +59,6 @@ class Soniq:
         self.backend: StorageBackend = make_backend(self.database_url, backend, self.settings)
         self._registry = JobRegistry()
         self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
-        self._hook_set = HookSet()
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._initialized = False
@@ -210,7 +209,7 @@ class Soniq:
         return self._add_hook("on_error", func)
 
     def _add_hook(self, event: str, func: F) -> F:
-        self._hook_set.events(event).append(adapt_hook(event, func))
+        adapt_hook(event, func)  # a hook that fits neither style fails here, not in a worker
         self.hooks[event].append(func)
         return func
 
@@ -348,7 +347,7 @@ class Soniq:
 
         return Worker(
             backend=self.backend, registry=self._registry, settings=self.settings,
-            hooks=self._hook_set,
+            hooks=self.hooks,
         )  # fmt: skip
 
     async def run_worker(

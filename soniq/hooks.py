@@ -1,9 +1,10 @@
-"""Lifecycle hooks in both documented styles, adapted once at registration.
+"""Lifecycle hooks in both documented styles, adapted once per worker.
 
 The Hooks page passes positional values (``job_name, job_id, attempt`` ...);
 the Common-patterns page passes the ``JobContext`` (and the exception). Which
-style a hook uses is decided from its signature when it is registered, so the
-worker's hot path only calls a ready-made adapter.
+style a hook uses is decided from its signature (checked at registration, so a
+bad hook fails where it is written); the worker builds its adapters once, so
+its hot path only calls ready-made ones.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -360,11 +362,7 @@ def register(app: Soniq):
 async def test_job_context_with_future_annotations(
     app: Soniq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module_name = f"futmod_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module_name}.py").write_text(FUTURE_MODULE, encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(module_name)
-    try:
+    with imported(FUTURE_MODULE, tmp_path, monkeypatch) as module:
         with_ctx, optional_ctx, no_ctx = module.register(app)
         registry = app._get_job_registry()
         assert registry.get("future.with_ctx").context_param == "ctx"  # type: ignore[union-attr]
@@ -377,8 +375,6 @@ async def test_job_context_with_future_annotations(
         assert await app.get_result(j1) == {"order_id": 3, "attempt": 1, "job_id": j1}
         assert await app.get_result(j2) == "future.optional_ctx"
         assert await app.get_result(j3) == 4
-    finally:
-        sys.modules.pop(module_name, None)
 
 
 TYPE_CHECKING_MODULE = """
@@ -402,17 +398,23 @@ def register(app):
 async def test_job_context_imported_only_for_type_checking(
     app: Soniq, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module_name = f"tcmod_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module_name}.py").write_text(TYPE_CHECKING_MODULE, encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(module_name)
-    try:
+    with imported(TYPE_CHECKING_MODULE, tmp_path, monkeypatch) as module:
         job = module.register(app)
         job_id = await app.enqueue(job, x=10)
         await app.run_worker(run_once=True)
         assert await app.get_result(job_id) == 11
+
+
+@contextmanager
+def imported(source: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Import ``source`` as a real module file (so annotations resolve like a user's module)."""
+    name = f"srcmod_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(source, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        yield importlib.import_module(name)
     finally:
-        sys.modules.pop(module_name, None)
+        sys.modules.pop(name, None)
 
 
 # --- script run as __main__ -------------------------------------------------------------
