@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,10 +40,33 @@ async def _reachable(url: str) -> bool:
     return True
 
 
-def _start_throwaway_server() -> str:
-    import pgserver  # type: ignore[import-untyped]
+def _no_server(why: str) -> NoReturn:
+    pytest.fail(
+        f"No PostgreSQL for the tests: nothing answers on localhost:5432 and {why}. Set "
+        "SONIQ_TEST_DATABASE_URL to a PostgreSQL URL whose user may create databases (for "
+        "example postgresql://postgres@localhost:5432/postgres), or start a server on "
+        "localhost:5432 that user postgres can reach without a password.",
+        pytrace=False,
+    )
 
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="soniq-pg-"), cleanup_mode="stop")
+
+def _start_throwaway_server() -> str:
+    """A private PostgreSQL from ``pgserver`` (binaries in its wheel), deleted at exit."""
+    with warnings.catch_warnings():
+        # platformdirs warns while pgserver loads when XDG_RUNTIME_DIR is unset (most
+        # containers and CI runners) and falls back to a directory under /tmp, which is
+        # fine here; the suite turns warnings into errors, so keep this one out.
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+    if os.geteuid() == 0 and shutil.which("useradd") is None:
+        # postgres refuses to run as root: pgserver then runs it as a system user
+        # "pgserver", which it creates with useradd.
+        _no_server("the throwaway server cannot start as root without `useradd`")
+    try:
+        server = get_server(tempfile.mkdtemp(prefix="soniq-pg-"), cleanup_mode="delete")
+    except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+        _no_server(f"the throwaway server (pgserver) did not start ({type(exc).__name__}: {exc})")
     return str(server.get_uri())
 
 
