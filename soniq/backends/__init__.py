@@ -61,7 +61,6 @@ class StorageBackend(Protocol):
 
     name: str
     supports_transactions: bool
-    supports_notify: bool
 
     # --- lifecycle ---------------------------------------------------------
     async def open(self) -> None:

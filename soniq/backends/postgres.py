@@ -89,7 +89,6 @@ class PostgresBackend:
 
     name = "postgres"
     supports_transactions = True
-    supports_notify = True
 
     def __init__(self, database_url: str, settings: SoniqSettings) -> None:
         self.database_url = database_url

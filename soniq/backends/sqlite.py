@@ -105,7 +105,6 @@ class SQLiteBackend:
 
     name = "sqlite"
     supports_transactions = False
-    supports_notify = False
 
     def __init__(self, path: str = DEFAULT_PATH, settings: SoniqSettings | None = None) -> None:
         self.path = path or DEFAULT_PATH
@@ -170,14 +169,18 @@ class SQLiteBackend:
     def _check_folder(self) -> None:
         """Fail early on a missing directory: a failed ``aiosqlite.connect`` leaves
         its thread to finish on its own, possibly after the caller's loop closed."""
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return
         folder = os.path.dirname(os.path.abspath(self.path))
-        if self.path != ":memory:" and not os.path.isdir(folder):
+        if not os.path.isdir(folder):
             raise self._unavailable(FileNotFoundError(f"directory {folder} does not exist"))
 
     async def _connect(self) -> aiosqlite.Connection:
         self._check_folder()
         try:
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            conn = await aiosqlite.connect(
+                self.path, isolation_level=None, uri=self.path.startswith("file:")
+            )
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from None
         conn.row_factory = sqlite3.Row

@@ -136,10 +136,8 @@ async def test_backend_satisfies_the_protocol(
     backend = soniq_app.backend
     assert isinstance(backend, StorageBackend)
     assert backend.name == backend_target[0]
-    # Documented differences: only PostgreSQL joins a caller's transaction; SQLite has no
-    # cross-process push (it polls), memory and PostgreSQL push new-job wake-ups.
+    # Documented difference: only PostgreSQL joins a caller's transaction.
     assert backend.supports_transactions is (backend.name == "postgres")
-    assert backend.supports_notify is (backend.name != "sqlite")
 
 
 # --- enqueue shapes and options --------------------------------------------------------
@@ -922,8 +920,6 @@ async def test_continuous_worker_wakes_on_enqueue(app_factory: AppFactory) -> No
         elif app.backend.name == "sqlite":  # another backend object on the file: polled
             other = await app_factory(poll_interval=poll)
             assert await latency(other, 2) < poll + 1.0
-        else:  # memory: the store is the object; there is no "other producer" to test
-            assert app.backend.supports_notify is True
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)

@@ -107,7 +107,6 @@ async def test_satisfies_protocol(backend: StorageBackend) -> None:
     assert isinstance(backend, StorageBackend)
     assert backend.supports_transactions is False
     assert backend.name in ("memory", "sqlite")
-    assert backend.supports_notify is (backend.name == "memory")
 
 
 async def test_enqueue_stores_a_queued_row(backend: StorageBackend) -> None:
@@ -685,13 +684,6 @@ async def test_schedule_resume_can_rearm(backend: StorageBackend) -> None:
 
 
 # --- migrations ------------------------------------------------------------------
-
-
-async def test_memory_migrations_are_a_no_op() -> None:
-    backend = MemoryBackend(SoniqSettings())
-    report = await backend.migrate()
-    assert (report.applied, report.already_applied) == ([], [])
-    assert await backend.migration_status() == []
 
 
 async def test_sqlite_migrate_is_idempotent(tmp_path: Path) -> None:
