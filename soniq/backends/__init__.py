@@ -180,6 +180,25 @@ class StorageBackend(Protocol):
         still equals ``due`` (another leader already fired it).
         """
 
+    # --- dashboard reads (soniq.dashboard) ----------------------------------
+    async def job_page(self, query: JobQuery) -> list[Job]:
+        """Jobs newest first (``created_at`` desc, then ``id`` desc), strictly after the cursor.
+
+        Keyset, not OFFSET: page 500 costs what page 1 costs. ``search`` matches
+        a job id exactly (when it is a UUID) or a substring of the arguments'
+        JSON text, case-insensitively.
+        """
+
+    async def job_task_names(self) -> list[str]:
+        """Every task name seen in jobs or dead letters, sorted (the dashboard's filter list)."""
+
+    async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
+        """Completions and dead letters per time bucket since ``since``; empty buckets omitted.
+
+        Completions are counted from ``done`` rows, so only while they are kept
+        (``result_ttl``); failures from the dead-letter table.
+        """
+
 
 def make_backend(
     database_url: str, backend: StorageBackend | str | None, settings: SoniqSettings
@@ -242,3 +261,39 @@ __all__ = [
     "make_backend",
     "sqlite_path",
 ]
+
+
+# --- dashboard reads ------------------------------------------------------------
+# Rows the dashboard's read verbs exchange with the backends (see StorageBackend).
+
+
+@dataclass(frozen=True, slots=True)
+class JobCursor:
+    """Where a page of jobs ended: the last row's ``created_at`` and ``id``."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Filters and keyset cursor of one page of ``job_page`` (``None`` = no filter)."""
+
+    queue: str | None = None
+    status: str | None = None
+    task: str | None = None
+    search: str | None = None
+    after: JobCursor | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputBucket:
+    """Jobs completed and dead-lettered in ``[start, start + bucket_seconds)``."""
+
+    start: datetime
+    completed: int
+    failed: int
+
+
+__all__ += ["JobCursor", "JobQuery", "ThroughputBucket"]

@@ -19,8 +19,15 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from soniq.backends import Listener, MigrationInfo, MigrationReport
+from soniq.backends import (
+    JobQuery,
+    Listener,
+    MigrationInfo,
+    MigrationReport,
+    ThroughputBucket,
+)
 from soniq.backends._common import build_queue_stats
+from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.errors import DatabaseUnavailableError, SchemaMissingError
 from soniq.job import (
     Ack,
@@ -381,6 +388,20 @@ class PostgresBackend:
             await self._enqueue_on(conn, [job])
         return True
 
+    # --- dashboard reads (soniq.dashboard) ----------------------------------
+    async def job_page(self, query: JobQuery) -> list[Job]:
+        sql, args = _job_page_statement(query)
+        if sql is None:
+            return []  # a search for an id that cannot exist
+        return [_job(r) for r in await self.pool.fetch(sql, *args)]
+
+    async def job_task_names(self) -> list[str]:
+        return [r[0] for r in await self.pool.fetch(q.JOB_TASK_NAMES)]
+
+    async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
+        rows = await self.pool.fetch(q.JOB_THROUGHPUT, since, float(bucket_seconds))
+        return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
 
 async def _keep_session(conn: Any) -> None:
     """Pool reset hook: Soniq's own statements leave no session state behind.
@@ -447,3 +468,24 @@ def _schedule(r: Any) -> Schedule:
         timezone=r["timezone"], status=r["status"], next_run_at=r["next_run_at"],
         last_run_at=r["last_run_at"], created_at=r["created_at"], updated_at=r["updated_at"],
     )  # fmt: skip
+
+
+# --- dashboard reads ------------------------------------------------------------
+
+
+def _job_page_statement(query: JobQuery) -> tuple[str | None, list[Any]]:
+    """(statement, parameters) for one page; ``None`` when a cursor id is not a UUID."""
+    by_id, text = search_terms(query.search)
+    after = query.after
+    after_id = _uuid(after.id) if after is not None else None
+    if after is not None and after_id is None:
+        return None, []
+    sql = q.job_page_sql(
+        queue=query.queue is not None, status=query.status, task=query.task is not None,
+        by_id=by_id is not None, text=text is not None, after=after is not None,
+    )  # fmt: skip
+    present = (query.queue, query.status, query.task, by_id, like_pattern(text, ascii_json=False))
+    args: list[Any] = [query.limit, *(v for v in present if v is not None)]
+    if after is not None:
+        args += [after.created_at, after_id]
+    return sql, args

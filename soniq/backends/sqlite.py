@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from soniq.backends import Listener, MigrationInfo, MigrationReport
+from soniq.backends import (
+    JobQuery,
+    Listener,
+    MigrationInfo,
+    MigrationReport,
+    ThroughputBucket,
+)
 from soniq.backends._common import (
     UTC,
     InProcessListeners,
@@ -45,6 +51,7 @@ from soniq.backends._common import (
     to_utc,
     utc_now,
 )
+from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.errors import DatabaseUnavailableError, MigrationError
 from soniq.job import (
     Ack,
@@ -499,6 +506,19 @@ class SQLiteBackend:
             self._listeners.notify([job.queue])
         return True
 
+    # --- dashboard reads (soniq.dashboard) ----------------------------------
+    async def job_page(self, query: JobQuery) -> list[Job]:
+        sql, params = _job_page_statement(query)
+        return [_job(r) for r in await self._fetch(sql, params)]
+
+    async def job_task_names(self) -> list[str]:
+        return [r[0] for r in await self._fetch(q.JOB_TASK_NAMES, {})]
+
+    async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
+        params = {"since": _us(since), "bucket_us": int(bucket_seconds) * 1_000_000}
+        rows = await self._fetch(q.JOB_THROUGHPUT, params)
+        return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
 
 # --- statements on an open transaction ------------------------------------------
 
@@ -684,3 +704,25 @@ def _schedule(r: sqlite3.Row) -> Schedule:
         last_run_at=_dt(r["last_run_at"]), created_at=_dt(r["created_at"]),
         updated_at=_dt(r["updated_at"]),
     )  # fmt: skip
+
+
+# --- dashboard reads ------------------------------------------------------------
+
+
+def _job_page_statement(query: JobQuery) -> tuple[str, Params]:
+    """(statement, named parameters) for one page of ``job_page``."""
+    by_id, text = search_terms(query.search)
+    after = query.after
+    sql = q.job_page_sql(
+        queue=query.queue is not None, status=query.status is not None,
+        task=query.task is not None, by_id=by_id is not None, text=text is not None,
+        after=after is not None,
+    )  # fmt: skip
+    params: Params = {
+        "limit": query.limit, "queue": query.queue, "status": query.status, "task": query.task,
+        "id": by_id, "text": like_pattern(text, ascii_json=True),
+    }  # fmt: skip
+    if after is not None:
+        params["after_created"] = _us(after.created_at)
+        params["after_id"] = normalize_id(after.id)
+    return sql, params

@@ -317,3 +317,75 @@ MIGRATION_RECORD = "INSERT INTO soniq_migrations (name) VALUES ($1)"
 SCHEMA_PRESENT = "SELECT to_regclass('soniq_jobs') IS NOT NULL"
 # Any constant works as long as every Soniq process uses the same one.
 MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish
+
+
+# === Dashboard reads (soniq.dashboard) =========================================
+# Added for the web dashboard; indexes in migrations/postgres/0004_dashboard.sql.
+
+_JOB_PAGE_ORDER = "ORDER BY created_at DESC, id DESC"
+
+
+def job_page_sql(
+    *, queue: bool, status: str | None, task: bool, by_id: bool, text: bool, after: bool
+) -> str:
+    """The job-list statement for the filters present; parameters in this order:
+    limit, queue, status, task, id-or-text, cursor created_at, cursor id.
+
+    One statement per combination (not ``$1 IS NULL OR ...``) so that each gets
+    a plan on the index its filter needs, generic plans included. A status
+    other than ``done`` repeats the partial index's predicate as a literal, which
+    lets even a generic plan use soniq_jobs_live_recent_idx.
+    """
+    where: list[str] = []
+    n = 1  # $1 is the limit
+    for present, clause in (
+        (queue, "queue = ${}"),
+        (status is not None, "status = ${}"),
+        (task, "job_name = ${}"),
+        (by_id, "id = ${}::uuid"),
+        # Substring of the arguments' JSON; a scan newest first, stopped at one page.
+        (text, "args::text ILIKE ${}"),
+    ):
+        if present:
+            n += 1
+            where.append(clause.format(n))
+    if status is not None and status != "done":
+        where.append("status <> 'done'")
+    if after:
+        # Row comparison: an index condition on (created_at, id), walked backwards.
+        where.append(f"(created_at, id) < (${n + 1}::timestamptz, ${n + 2}::uuid)")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs {clause} {_JOB_PAGE_ORDER} LIMIT $1"
+
+
+# Distinct task names by skip scan: each step jumps to the next name in
+# soniq_jobs_task_recent_idx, so the cost follows the number of names, not rows.
+JOB_TASK_NAMES = """
+WITH RECURSIVE names AS (
+    (SELECT job_name FROM soniq_jobs ORDER BY job_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.job_name FROM soniq_jobs j WHERE j.job_name > names.job_name
+            ORDER BY j.job_name LIMIT 1)
+    FROM names WHERE names.job_name IS NOT NULL
+)
+SELECT job_name FROM names WHERE job_name IS NOT NULL
+UNION
+SELECT DISTINCT job_name FROM soniq_dead_letter_jobs
+ORDER BY 1
+"""
+
+# Completions (done rows, by completed_at: soniq_jobs_completed_idx) and dead
+# letters (by dead_lettered_at: soniq_dead_letter_recent_idx) per bucket of $2
+# seconds since $1; bucket n starts at epoch + n * $2.
+JOB_THROUGHPUT = """
+WITH done AS (
+    SELECT floor(extract(epoch FROM completed_at) / $2)::bigint AS b, count(*) AS n
+    FROM soniq_jobs WHERE status = 'done' AND completed_at >= $1 GROUP BY 1
+), dead AS (
+    SELECT floor(extract(epoch FROM dead_lettered_at) / $2)::bigint AS b, count(*) AS n
+    FROM soniq_dead_letter_jobs WHERE dead_lettered_at >= $1 GROUP BY 1
+)
+SELECT b, coalesce(done.n, 0) AS completed, coalesce(dead.n, 0) AS failed
+FROM done FULL JOIN dead USING (b)
+ORDER BY b
+"""

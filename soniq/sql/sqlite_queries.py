@@ -303,3 +303,60 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'soniq_migrations'
 """
 MIGRATIONS_APPLIED = "SELECT name, applied_at FROM soniq_migrations ORDER BY name"
 MIGRATION_RECORD = "INSERT INTO soniq_migrations (name, applied_at) VALUES (:name, :now)"
+
+
+# === Dashboard reads (soniq.dashboard) =========================================
+# Added for the web dashboard; indexes in migrations/sqlite/0004_dashboard.sql.
+
+
+def job_page_sql(
+    *, queue: bool, status: bool, task: bool, by_id: bool, text: bool, after: bool
+) -> str:
+    """The job-list statement for the filters present (named parameters ``:queue`` …).
+
+    One statement per combination (not ``:x IS NULL OR ...``), so the planner
+    picks the index of the filter present: SQLite cannot choose by value.
+    """
+    where = [
+        clause
+        for present, clause in (
+            (queue, "queue = :queue"),
+            (status, "status = :status"),
+            (task, "job_name = :task"),
+            (by_id, "id = :id"),
+            # Substring of the arguments' JSON, newest first, stopped at one page.
+            (text, "args LIKE :text ESCAPE '\\'"),
+            # Row value comparison: a range on the (created_at, id) index, walked backwards.
+            (after, "(created_at, id) < (:after_created, :after_id)"),
+        )
+        if present
+    ]
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return (
+        f"SELECT {_JOB_COLUMNS} FROM soniq_jobs {clause} "
+        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+    )
+
+
+# Distinct names from the job_name indexes of both tables.
+JOB_TASK_NAMES = """
+SELECT job_name FROM soniq_jobs
+UNION
+SELECT job_name FROM soniq_dead_letter_jobs
+ORDER BY 1
+"""
+
+# Completions (done rows by completed_at) and dead letters per bucket of
+# :bucket_us microseconds since :since; bucket n starts at epoch + n * bucket.
+JOB_THROUGHPUT = """
+WITH done AS (
+    SELECT completed_at / :bucket_us AS b, count(*) AS n FROM soniq_jobs
+    WHERE status = 'done' AND completed_at >= :since GROUP BY 1
+), dead AS (
+    SELECT dead_lettered_at / :bucket_us AS b, count(*) AS n FROM soniq_dead_letter_jobs
+    WHERE dead_lettered_at >= :since GROUP BY 1
+), buckets AS (SELECT b FROM done UNION SELECT b FROM dead)
+SELECT buckets.b, coalesce(done.n, 0) AS completed, coalesce(dead.n, 0) AS failed
+FROM buckets LEFT JOIN done ON done.b = buckets.b LEFT JOIN dead ON dead.b = buckets.b
+ORDER BY buckets.b
+"""

@@ -1,0 +1,172 @@
+"""The dashboard's read verbs, once, for PostgreSQL, SQLite and memory.
+
+``job_page`` (keyset pages with filters and search), ``job_task_names`` and
+``job_throughput`` behave identically on every backend; each test runs three
+times through the conformance suite's ``soniq_app`` fixture.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from soniq import Soniq
+from soniq.backends import JobCursor, JobQuery
+from soniq.job import Ack, Done, Fail, Job
+from tests.backends.test_conformance import (  # noqa: F401 - fixtures used by name
+    app_factory,
+    backend_target,
+    claim_one,
+    soniq_app,
+    tick,
+    wid,
+    worker_info,
+)
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def dash_app(soniq_app: Soniq) -> Soniq:  # noqa: F811 - the imported fixture, by name
+    """The conformance suite's app (one per backend) with two tasks registered."""
+    register(soniq_app)
+    return soniq_app
+
+
+def register(app: Soniq) -> None:
+    @app.job(name="dash.send")
+    async def send(to: str = "", n: int = 0) -> None: ...
+
+    @app.job(name="dash.other", queue="other")
+    async def other(n: int = 0) -> None: ...
+
+
+async def all_pages(app: Soniq, query: JobQuery) -> list[list[Job]]:
+    """Follow the cursor from the first page to the last."""
+    pages: list[list[Job]] = []
+    after: JobCursor | None = None
+    while True:
+        page = await app.backend.job_page(
+            JobQuery(
+                queue=query.queue, status=query.status, task=query.task, search=query.search,
+                after=after, limit=query.limit,
+            )
+        )  # fmt: skip
+        if not page:
+            return pages
+        pages.append(page)
+        last = page[-1]
+        assert last.created_at is not None
+        after = JobCursor(created_at=last.created_at, id=last.id)
+
+
+async def test_job_page_walks_every_job_once_newest_first(dash_app: Soniq) -> None:
+    # One enqueue_many shares one created_at on PostgreSQL: ties are ordered by id.
+    first = await dash_app.enqueue_many("dash.send", [{"n": i} for i in range(7)])
+    await tick()
+    later = await dash_app.enqueue("dash.send", args={"n": 99})
+    pages = await all_pages(dash_app, JobQuery(limit=3))
+    assert [len(p) for p in pages] == [3, 3, 2]
+    seen = [j.id for p in pages for j in p]
+    assert sorted(seen) == sorted([*first, later])
+    assert seen[0] == later
+    keys = [(j.created_at, j.id) for p in pages for j in p]
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_job_page_filters_by_queue_status_and_task(dash_app: Soniq) -> None:
+    sends = await dash_app.enqueue_many("dash.send", [{"n": i} for i in range(3)])
+    others = await dash_app.enqueue_many("dash.other", [{"n": i} for i in range(2)])
+    assert await dash_app.cancel_job(sends[0])
+    page = dash_app.backend.job_page
+    assert {j.id for j in await page(JobQuery(queue="other"))} == set(others)
+    assert {j.id for j in await page(JobQuery(task="dash.send"))} == set(sends)
+    assert [j.id for j in await page(JobQuery(status="cancelled"))] == [sends[0]]
+    queued = await page(JobQuery(status="queued", task="dash.send"))
+    assert {j.id for j in queued} == set(sends[1:])
+    assert await page(JobQuery(status="done")) == []
+    assert await page(JobQuery(queue="nope")) == []
+
+
+async def test_job_page_status_done_and_pages_within_a_filter(dash_app: Soniq) -> None:
+    ids = await dash_app.enqueue_many("dash.send", [{"n": i} for i in range(5)])
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    claimed = await dash_app.backend.claim(None, worker, 3)
+    await dash_app.backend.ack([Ack(c, Done("1")) for c in claimed], result_ttl=60)
+    pages = await all_pages(dash_app, JobQuery(status="done", limit=2))
+    assert sorted(j.id for p in pages for j in p) == sorted(c.id for c in claimed)
+    assert all(j.status == "done" and j.result == 1 for p in pages for j in p)
+    queued = await all_pages(dash_app, JobQuery(status="queued", limit=1))
+    assert {j.id for p in queued for j in p} == set(ids) - {c.id for c in claimed}
+
+
+async def test_job_page_search_by_id_or_argument_text(dash_app: Soniq) -> None:
+    hit = await dash_app.enqueue("dash.send", args={"to": "Alice@Example.com"})
+    odd = await dash_app.enqueue("dash.send", args={"to": "50%_off\\sale"})
+    await dash_app.enqueue("dash.send", args={"to": "bob@example.com"})
+    page = dash_app.backend.job_page
+    assert [j.id for j in await page(JobQuery(search="alice@"))] == [hit]
+    assert [j.id for j in await page(JobQuery(search="  ALICE  "))] == [hit]
+    assert [j.id for j in await page(JobQuery(search=hit))] == [hit]
+    assert [j.id for j in await page(JobQuery(search=hit.upper()))] == [hit]
+    # LIKE wildcards in the search text are literal characters.
+    assert [j.id for j in await page(JobQuery(search="%_o"))] == [odd]
+    assert [j.id for j in await page(JobQuery(search="0%_off\\s"))] == [odd]
+    assert [j.id for j in await page(JobQuery(search="%"))] == [odd]
+    uni = await dash_app.enqueue("dash.send", args={"to": 'Zoë "quoted"'})
+    assert [j.id for j in await page(JobQuery(search='zoë "QUOTED'))] == [uni]
+    assert await page(JobQuery(search=str(uuid.uuid4()))) == []
+    assert await page(JobQuery(search="example.com", task="dash.other")) == []
+    assert len(await page(JobQuery(search="example.com"))) == 2
+
+
+async def test_job_page_cursor_of_a_foreign_shape_matches_nothing(dash_app: Soniq) -> None:
+    await dash_app.enqueue("dash.send", args={"n": 1})
+    far_future = datetime.now(UTC) + timedelta(days=1)
+    assert len(await dash_app.backend.job_page(JobQuery(after=JobCursor(far_future, "zz")))) in (
+        0,
+        1,
+    )
+    last = JobCursor(datetime(2000, 1, 1, tzinfo=UTC), str(uuid.uuid4()))
+    assert await dash_app.backend.job_page(JobQuery(after=last)) == []
+
+
+async def test_job_task_names_include_dead_letters(dash_app: Soniq) -> None:
+    assert await dash_app.backend.job_task_names() == []
+    await dash_app.enqueue("dash.send", args={"n": 1})
+    await dash_app.enqueue("dash.other", args={"n": 1})
+    await dash_app.enqueue("dash.other", args={"n": 2})
+
+    @dash_app.job(name="dash.doomed", retries=0)
+    async def doomed() -> None: ...
+
+    await dash_app.enqueue("dash.doomed")
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    claimed = await claim_one(dash_app, worker, None)
+    while claimed.job_name != "dash.doomed":
+        claimed = await claim_one(dash_app, worker, None)
+    await dash_app.backend.ack([Ack(claimed, Fail("boom", None))], result_ttl=60)
+    assert await dash_app.backend.job_task_names() == ["dash.doomed", "dash.other", "dash.send"]
+
+
+async def test_job_throughput_counts_completions_and_dead_letters(dash_app: Soniq) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    assert await dash_app.backend.job_throughput(since, 60) == []
+    await dash_app.enqueue_many("dash.send", [{"n": i} for i in range(4)])
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    claimed = await dash_app.backend.claim(None, worker, 4)
+    acks = [Ack(c, Done(None)) for c in claimed[:3]] + [Ack(claimed[3], Fail("x", None))]
+    await dash_app.backend.ack(acks, result_ttl=60)
+    buckets = await dash_app.backend.job_throughput(since, 60)
+    assert sum(b.completed for b in buckets) == 3
+    assert sum(b.failed for b in buckets) == 1
+    for b in buckets:
+        assert b.start.tzinfo is not None
+        assert b.start.timestamp() % 60 == 0
+        assert since - timedelta(minutes=1) <= b.start <= datetime.now(UTC)
+    assert await dash_app.backend.job_throughput(datetime.now(UTC) + timedelta(hours=1), 60) == []
