@@ -33,7 +33,7 @@ from typing import Any
 
 from soniq.backends import Listener, StorageBackend
 from soniq.core.registry import JobDefinition, JobRegistry
-from soniq.errors import WorkerError
+from soniq.errors import JobTimeoutError, WorkerError
 from soniq.hooks import HookSet
 from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
 from soniq.retry import retry_delay_seconds
@@ -239,7 +239,10 @@ class Worker:
                 raise  # shutdown: the attempt is requeued unspent
             if sys.version_info >= (3, 11) and task is not None:
                 task.uncancel()
-            error = TimeoutError(f"job exceeded its {timeout:g}s timeout")
+            error = JobTimeoutError(
+                f"job exceeded its {timeout:g}s timeout; if it needs longer, raise "
+                "@app.job(timeout=...) or SONIQ_JOB_TIMEOUT (0 disables the limit)"
+            )
             raise _Attempt(f"TimeoutError: {error}", None, error) from None
         except Exception as exc:  # noqa: BLE001 - every handler error is a failed attempt
             raise _Attempt(_describe(exc), traceback.format_exc(), exc) from None

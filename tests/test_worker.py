@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from soniq import JobContext, Soniq
+from soniq.errors import JobTimeoutError
 from soniq.worker import Worker
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.worker_support import (
@@ -192,23 +193,22 @@ async def test_future_job_not_run_until_due(app: Soniq) -> None:
 # --- handlers ---------------------------------------------------------------------
 
 
-async def test_sync_handler_runs_in_a_thread_pool(app: Soniq) -> None:
-    threads: list[str] = []
+async def test_sync_handlers_run_at_once_on_their_own_threads(app: Soniq) -> None:
+    # Every handler waits at the barrier until all four are running: handlers run one
+    # after another (or on the event loop's thread) would break it after 10 s and fail.
+    barrier = threading.Barrier(4, timeout=10)
+    threads: list[threading.Thread] = []
 
-    @app.job()
+    @app.job(retries=0)
     def blocking(n: int) -> int:
-        threads.append(threading.current_thread().name)
-        time.sleep(0.05)
+        threads.append(threading.current_thread())
+        barrier.wait()
         return n + 1
 
     ids = [await app.enqueue(blocking, n=i) for i in range(4)]
-    started = time.perf_counter()
     assert await app.run_worker(concurrency=4, run_once=True)
-    elapsed = time.perf_counter() - started
-    assert len(threads) == 4
-    assert all(name != threading.main_thread().name for name in threads)
     assert [await app.get_result(i) for i in ids] == [1, 2, 3, 4]
-    assert elapsed < 1.0  # the event loop was never blocked by time.sleep
+    assert len(set(threads)) == 4 and threading.main_thread() not in threads
 
 
 async def test_job_context_has_every_field_and_the_real_worker_id(app: Soniq) -> None:
@@ -271,9 +271,15 @@ async def test_job_context_attempt_counts_up_and_run_once_worker_id(app: Soniq) 
 
 
 async def test_per_job_timeout_fails_the_attempt(app: Soniq) -> None:
+    errors: list[BaseException] = []
+
     @app.job(timeout=0.2, retries=0)
     async def slow() -> None:
         await asyncio.sleep(10)
+
+    @app.on_error
+    def keep(ctx: JobContext, exc: BaseException) -> None:
+        errors.append(exc)
 
     job_id = await app.enqueue(slow)
     started = time.perf_counter()
@@ -283,7 +289,10 @@ async def test_per_job_timeout_fails_the_attempt(app: Soniq) -> None:
     assert dead is not None and dead["attempts"] == 1
     assert dead["last_error"].startswith("TimeoutError")
     assert "0.2s timeout" in dead["last_error"]
+    assert dead["last_error"].endswith("SONIQ_JOB_TIMEOUT (0 disables the limit)")
     assert await status_of(app, job_id) == "dead_letter"
+    [error] = errors
+    assert isinstance(error, JobTimeoutError) and isinstance(error, TimeoutError)
 
 
 async def test_global_job_timeout_applies_when_job_has_none(pg_url: str) -> None:
