@@ -25,6 +25,7 @@ from soniq.errors import ConfigurationError, JobRegistrationError
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
+from soniq.utils import mask_url
 
 if TYPE_CHECKING:
     from soniq.dead_letter import DeadLetterService
@@ -385,8 +386,6 @@ class Soniq:
         return self._scheduler
 
     def __repr__(self) -> str:
-        from soniq.backends.postgres import mask_url
-
         return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"
 
 

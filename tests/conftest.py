@@ -24,6 +24,9 @@ from soniq import Soniq
 from soniq.backends.migrations_pg import apply_migrations
 from tests.helpers import FAST_SETTINGS
 
+# "An app on each backend" (app_factory, soniq_app) for every test module.
+pytest_plugins = ["tests.backend_apps"]
+
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

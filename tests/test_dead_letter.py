@@ -7,47 +7,18 @@ on SQLite and memory, since the service only speaks the backend protocol.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from soniq import Soniq
 from soniq.errors import JobNotFoundError
-from tests.conftest import _admin, _with_db
-from tests.helpers import FAST_SETTINGS
 
 
-@contextlib.asynccontextmanager
-async def fresh_pg_database(admin_url: str, template: str) -> AsyncIterator[str]:
-    """What the ``pg_url`` fixture does, usable from a parametrised fixture."""
-    name = f"soniq_t_{uuid.uuid4().hex[:12]}"
-    await _admin(admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield _with_db(admin_url, name)
-    finally:
-        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["postgres", "sqlite", "memory"])
-async def dl_app(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str, pg_template: str
-) -> AsyncIterator[Soniq]:
-    if request.param == "postgres":
-        async with fresh_pg_database(pg_admin_url, pg_template) as url:
-            instance = Soniq(database_url=url, **FAST_SETTINGS)
-            yield instance
-            await instance.close()
-        return
-    if request.param == "sqlite":
-        instance = Soniq(database_url=str(tmp_path / "dl.db"), **FAST_SETTINGS)
-    else:
-        instance = Soniq(backend="memory", **FAST_SETTINGS)
-    yield instance
-    await instance.close()
+@pytest.fixture
+def dl_app(soniq_app: Soniq) -> Soniq:
+    """An app on each backend (tests/backend_apps.py)."""
+    return soniq_app
 
 
 def register_jobs(app: Soniq) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from soniq.scheduler import (
     sync_periodic,
 )
 from soniq.task_ref import task_ref
-from tests.helpers import FAST_SETTINGS, wait_until
+from tests.helpers import wait_until
 
 UTC = timezone.utc
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)  # a Monday, far from any DST change
@@ -46,22 +46,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "postgres"])
-def database(request: pytest.FixtureRequest) -> str | None:
-    """``None`` for the memory backend, else a fresh migrated PostgreSQL database.
-
-    A sync fixture, so that the session-scoped PostgreSQL fixtures start
-    outside the test's event loop.
-    """
-    return None if request.param == "memory" else str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def sched_app(database: str | None) -> AsyncIterator[Soniq]:
-    if database is None:
-        instance = Soniq(backend="memory", **FAST_SETTINGS)
-    else:
-        instance = Soniq(database_url=database, **FAST_SETTINGS)
+async def sched_app(soniq_app: Soniq) -> AsyncIterator[Soniq]:
+    """An app on each backend (tests/backend_apps.py) with two jobs to schedule."""
+    instance = soniq_app
 
     @instance.job(name="reports.build", queue="reports")
     async def build_report(region: str = "EU") -> str:
@@ -72,7 +60,6 @@ async def sched_app(database: str | None) -> AsyncIterator[Soniq]:
         return None
 
     yield instance
-    await instance.close()
 
 
 @pytest.fixture
@@ -365,7 +352,7 @@ async def test_run_that_cannot_be_built_is_skipped_and_logged(sched_app, clock, 
 # --- @app.periodic and the process entry point -----------------------------------
 
 
-async def test_sync_periodic_stores_every_periodic_job_and_keeps_pauses(sched_app):
+async def test_sync_periodic_stores_every_periodic_job_and_keeps_pauses(sched_app: Soniq) -> None:
     @sched_app.periodic(cron=daily().at("09:00"), name="reports.daily")
     async def daily_report() -> None: ...
 
@@ -384,7 +371,7 @@ async def test_sync_periodic_stores_every_periodic_job_and_keeps_pauses(sched_ap
     assert len(await sched_app.scheduler.list()) == 2
 
 
-async def test_run_scheduler_fires_periodic_jobs_until_stopped(sched_app):
+async def test_run_scheduler_fires_periodic_jobs_until_stopped(sched_app: Soniq) -> None:
     @sched_app.periodic(every=0.1, name="tick.tock")
     async def tick_tock() -> None: ...
 

@@ -27,6 +27,14 @@ from soniq.job import (
 )
 
 if TYPE_CHECKING:
+    from soniq.events import (
+        DeliveryResult,
+        JobLogEntry,
+        PendingDelivery,
+        Record,
+        Webhook,
+        WebhookDelivery,
+    )
     from soniq.settings import SoniqSettings
 
 
@@ -199,11 +207,68 @@ class StorageBackend(Protocol):
         (``result_ttl``); failures from the dead-letter table.
         """
 
+    # --- observability (soniq/events.py: webhooks outbox, job logs, gauges) --------
+    async def enqueue_observed(
+        self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
+    ) -> list[str]:
+        """``enqueue`` plus ``records`` in the same transaction (the caller's, with
+        ``connection``). Outbox events are written only for jobs actually inserted
+        (not for a duplicate that returned an existing id)."""
+
+    async def ack_observed(
+        self, acks: Sequence[Ack], records: Sequence[Record], *, result_ttl: float
+    ) -> None:
+        """``ack`` plus ``records`` in one transaction. An ``OutboxEvent`` with a lease is
+        written only if that claim's ack applied; ``acks`` may be empty."""
+
+    async def observe_write(self, records: Sequence[Record]) -> None:
+        """Write records that go with no state change of ours (cancel, replay events)."""
+
+    async def webhook_add(self, hook: Webhook) -> Webhook: ...
+
+    async def webhook_list(self) -> list[Webhook]: ...
+
+    async def webhook_remove(self, webhook_id: str) -> bool:
+        """Delete the endpoint and its deliveries; ``False`` if unknown."""
+
+    async def webhook_deliveries(
+        self, webhook_id: str | None, limit: int
+    ) -> list[WebhookDelivery]:
+        """Newest first."""
+
+    async def webhook_claim(self, limit: int, lock_seconds: float) -> list[PendingDelivery]:
+        """Take due pending deliveries (``attempts`` + 1) for ``lock_seconds``; disjoint
+        between concurrent callers."""
+
+    async def webhook_settle(self, results: Sequence[DeliveryResult]) -> None: ...
+
+    async def job_logs(self, job_id: str) -> list[JobLogEntry]:
+        """A job's log records in the order they were emitted."""
+
+    async def search_logs(
+        self, text: str, *, job_id: str | None, min_level: int, since: datetime, limit: int
+    ) -> list[JobLogEntry]:
+        """Records whose message contains ``text`` (case-insensitive), newest first."""
+
+    async def observability_prune(self) -> int:
+        """Delete logs of jobs that are gone and week-old settled deliveries."""
+
+    async def queue_oldest(self) -> dict[str, float]:
+        """Seconds since the oldest due queued job of each queue became due."""
+
 
 def make_backend(
     database_url: str, backend: StorageBackend | str | None, settings: SoniqSettings
 ) -> StorageBackend:
-    """Pick the backend from an explicit choice or the URL's shape."""
+    """Pick the backend from an explicit choice or the URL's shape, behind the input rules."""
+    from soniq.backends.checked import checked
+
+    return checked(_choose_backend(database_url, backend, settings))
+
+
+def _choose_backend(
+    database_url: str, backend: StorageBackend | str | None, settings: SoniqSettings
+) -> StorageBackend:
     from soniq.errors import ConfigurationError
 
     if backend is not None and not isinstance(backend, str):

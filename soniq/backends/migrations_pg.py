@@ -7,25 +7,28 @@ leaves nothing of itself behind.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from soniq.backends import MigrationInfo, MigrationReport
-from soniq.backends.postgres import unavailable
-from soniq.errors import MigrationError
+from soniq.errors import DatabaseUnavailableError, MigrationError
+from soniq.sql import migration_files as packaged_migrations
 from soniq.sql import postgres_queries as q
+from soniq.utils import describe_target, mask_url
 
 
 def migration_files() -> list[tuple[str, str]]:
-    """(name, sql) of every packaged migration, in order."""
-    folder = resources.files("soniq.sql").joinpath("migrations").joinpath("postgres")
-    files = sorted(
-        (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
+    return packaged_migrations("postgres")
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"Cannot connect to PostgreSQL ({describe_target(url)}): {exc}. "
+        "Check that the server is running and reachable, and that SONIQ_DATABASE_URL "
+        f"(now {mask_url(url)}) is right; run `soniq setup` to create the database."
     )
-    return [(name.removesuffix(".sql"), sql) for name, sql in files]
 
 
 async def _connect(url: str) -> Any:

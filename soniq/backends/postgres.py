@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -28,7 +27,20 @@ from soniq.backends import (
 )
 from soniq.backends._common import build_queue_stats
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
-from soniq.errors import DatabaseUnavailableError, SchemaMissingError
+from soniq.backends.migrations_pg import apply_migrations, migration_status, unavailable
+from soniq.errors import SchemaMissingError
+from soniq.events import (
+    DeliveryResult,
+    JobLogEntry,
+    OutboxEvent,
+    PendingDelivery,
+    Record,
+    Webhook,
+    WebhookDelivery,
+    like_contains,
+    needs_lease_check,
+    split_records,
+)
 from soniq.job import (
     Ack,
     ClaimedJob,
@@ -45,32 +57,10 @@ from soniq.job import (
 )
 from soniq.settings import SoniqSettings
 from soniq.sql import postgres_queries as q
+from soniq.utils import describe_target
 
 log = logging.getLogger("soniq.postgres")
 CLOSE_TIMEOUT = 10.0
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
-def describe_target(url: str) -> str:
-    parts = urlsplit(url)
-    database = (parts.path or "/").lstrip("/") or "(default)"
-    return f"host={parts.hostname or 'localhost'} port={parts.port or 5432} database={database}"
-
-
-def unavailable(url: str, exc: BaseException) -> DatabaseUnavailableError:
-    return DatabaseUnavailableError(
-        f"Cannot connect to PostgreSQL ({describe_target(url)}): {exc}. "
-        "Check that the server is running and reachable, and that SONIQ_DATABASE_URL "
-        f"(now {mask_url(url)}) is right; run `soniq setup` to create the database."
-    )
 
 
 class _PgListener:
@@ -160,13 +150,9 @@ class PostgresBackend:
                 await _full_reset(conn)
 
     async def migrate(self) -> MigrationReport:
-        from soniq.backends.migrations_pg import apply_migrations
-
         return await apply_migrations(self.database_url)
 
     async def migration_status(self) -> list[MigrationInfo]:
-        from soniq.backends.migrations_pg import migration_status
-
         return await migration_status(self.database_url)
 
     # --- producing ---------------------------------------------------------
@@ -210,6 +196,7 @@ class PostgresBackend:
         else:
             rows = await self.pool.fetch(q.JOB_CLAIM_QUEUES, worker_id, limit, lease, list(queues))
         lease_s = str(lease)
+        rows.sort(key=_claim_order)  # RETURNING keeps no order
         return [
             ClaimedJob(
                 id=str(r[0]), job_name=r[1], args=json.loads(r[2]), queue=r[3], attempt=r[4],
@@ -294,7 +281,7 @@ class PostgresBackend:
 
     # --- reads and management ---------------------------------------------
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self.pool.fetchrow(q.JOB_GET, _uuid(job_id))
+        row = await self.pool.fetchrow(q.JOB_GET, job_id)
         return _job(row) if row is not None else None
 
     async def list_jobs(
@@ -308,10 +295,10 @@ class PostgresBackend:
         return build_queue_stats((r[0], r[1], r[2]) for r in rows)
 
     async def cancel_job(self, job_id: str) -> bool:
-        return bool(await self.pool.execute(q.JOB_CANCEL, _uuid(job_id)) == "UPDATE 1")
+        return bool(await self.pool.execute(q.JOB_CANCEL, job_id) == "UPDATE 1")
 
     async def delete_job(self, job_id: str) -> bool:
-        return bool(await self.pool.execute(q.JOB_DELETE, _uuid(job_id)) == "DELETE 1")
+        return bool(await self.pool.execute(q.JOB_DELETE, job_id) == "DELETE 1")
 
     async def list_workers(self) -> list[WorkerInfo]:
         rows = await self.pool.fetch(q.WORKER_LIST)
@@ -331,14 +318,14 @@ class PostgresBackend:
         return [_dead(r) for r in rows]
 
     async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
-        row = await self.pool.fetchrow(q.DLQ_GET, _uuid(job_id))
+        row = await self.pool.fetchrow(q.DLQ_GET, job_id)
         return _dead(row) if row is not None else None
 
     async def dead_letter_count(self, *, queue: str | None, task: str | None) -> int:
         return int(await self.pool.fetchval(q.DLQ_COUNT, queue, task))
 
     async def dead_letter_replay(self, job_ids: Sequence[str]) -> dict[str, str]:
-        dead = [u for u in (_uuid(i) for i in job_ids) if u is not None]
+        dead = list(job_ids)
         new = [uuid.uuid4() for _ in dead]
         rows = await self.pool.fetch(q.DLQ_REPLAY, dead, new)
         return {str(r[0]): str(r[1]) for r in rows}
@@ -347,8 +334,7 @@ class PostgresBackend:
         self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
     ) -> int:
         if job_ids is not None:
-            ids = [u for u in (_uuid(i) for i in job_ids) if u is not None]
-            status = await self.pool.execute(q.DLQ_PURGE_IDS, ids)
+            status = await self.pool.execute(q.DLQ_PURGE_IDS, list(job_ids))
         else:
             status = await self.pool.execute(q.DLQ_PURGE_FILTER, queue, task)
         return int(status.split()[-1])
@@ -403,6 +389,93 @@ class PostgresBackend:
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
 
 
+    # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
+    async def enqueue_observed(
+        self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
+    ) -> list[str]:
+        if connection is not None:  # the caller's transaction, if they opened one
+            return await self._enqueue_recorded(connection, jobs, records)
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._enqueue_recorded(conn, jobs, records)
+
+    async def _enqueue_recorded(
+        self, conn: Any, jobs: Sequence[NewJob], records: Sequence[Record]
+    ) -> list[str]:
+        ids = await self._enqueue_on(conn, jobs)
+        inserted = {j.id for j, i in zip(jobs, ids, strict=True) if i == j.id}
+        await _write_records(conn, *split_records(records, inserted=inserted))
+        return ids
+
+    async def ack_observed(
+        self, acks: Sequence[Ack], records: Sequence[Record], *, result_ttl: float
+    ) -> None:
+        done = [a for a in acks if isinstance(a.outcome, Done)]
+        other = [a for a in acks if not isinstance(a.outcome, Done)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            held: set[str] | None = None
+            if acks and needs_lease_check(records):
+                rows = await conn.fetch(
+                    q.ACK_HELD, [a.job.id for a in acks], [a.job.lease for a in acks]
+                )
+                held = {str(r[0]) for r in rows}
+            if done:
+                await self._ack_done(conn, done, result_ttl)
+            if other:
+                await self._ack_other(conn, other)
+            await _write_records(conn, *split_records(records, held=held))
+
+    async def observe_write(self, records: Sequence[Record]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _write_records(conn, *split_records(records))
+
+    async def webhook_add(self, hook: Webhook) -> Webhook:
+        row = await self.pool.fetchrow(
+            q.WEBHOOK_INSERT, hook.id, hook.url, hook.events, hook.secret, hook.allow_private
+        )
+        return _webhook(row)
+
+    async def webhook_list(self) -> list[Webhook]:
+        return [_webhook(r) for r in await self.pool.fetch(q.WEBHOOK_LIST)]
+
+    async def webhook_remove(self, webhook_id: str) -> bool:
+        return bool(await self.pool.execute(q.WEBHOOK_DELETE, webhook_id) == "DELETE 1")
+
+    async def webhook_deliveries(
+        self, webhook_id: str | None, limit: int
+    ) -> list[WebhookDelivery]:
+        rows = await self.pool.fetch(q.WEBHOOK_DELIVERIES, webhook_id, limit)
+        return [_delivery(r) for r in rows]
+
+    async def webhook_claim(self, limit: int, lock_seconds: float) -> list[PendingDelivery]:
+        rows = await self.pool.fetch(q.WEBHOOK_CLAIM, limit, float(lock_seconds))
+        return [_pending(r) for r in rows]
+
+    async def webhook_settle(self, results: Sequence[DeliveryResult]) -> None:
+        if results:
+            cols = [[getattr(r, f) for r in results]
+                    for f in ("id", "status", "response_code", "error", "retry_at")]  # fmt: skip
+            await self.pool.execute(q.WEBHOOK_SETTLE, *cols)
+
+    async def job_logs(self, job_id: str) -> list[JobLogEntry]:
+        return [_log_entry(r) for r in await self.pool.fetch(q.JOB_LOGS_FOR_JOB, job_id)]
+
+    async def search_logs(
+        self, text: str, *, job_id: str | None, min_level: int, since: datetime, limit: int
+    ) -> list[JobLogEntry]:
+        rows = await self.pool.fetch(
+            q.JOB_LOGS_SEARCH, since, job_id, min_level, like_contains(text), limit
+        )
+        return [_log_entry(r) for r in rows]
+
+    async def observability_prune(self) -> int:
+        removed = 0
+        for sql in (q.JOB_LOGS_PRUNE, q.WEBHOOK_DELIVERIES_PRUNE):
+            removed += int((await self.pool.execute(sql)).split()[-1])
+        return removed
+
+    async def queue_oldest(self) -> dict[str, float]:
+        return {r[0]: float(r[1]) for r in await self.pool.fetch(q.QUEUE_OLDEST)}
+
 async def _keep_session(conn: Any) -> None:
     """Pool reset hook: Soniq's own statements leave no session state behind.
 
@@ -417,6 +490,10 @@ async def _full_reset(conn: Any) -> None:
         await conn.reset()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         conn.terminate()  # unusable: the pool replaces it
+
+
+def _claim_order(r: Any) -> tuple[int, datetime, int]:
+    return r[8], r[6], r[9]
 
 
 def _row(j: NewJob) -> tuple[Any, ...]:
@@ -489,3 +566,51 @@ def _job_page_statement(query: JobQuery) -> tuple[str | None, list[Any]]:
     if after is not None:
         args += [after.created_at, after_id]
     return sql, args
+
+
+# === observability rows ---------------------------------------------------------------
+
+
+async def _write_records(conn: Any, logs: list[JobLogEntry], outbox: list[OutboxEvent]) -> None:
+    """One statement per kind: the logs, then the outbox fan-out to matching webhooks."""
+    if logs:
+        await conn.execute(
+            q.JOB_LOGS_INSERT, [r.job_id for r in logs], [r.logged_at for r in logs],
+            [r.level for r in logs], [r.logger for r in logs], [r.message for r in logs],
+        )  # fmt: skip
+    if outbox:
+        await conn.execute(
+            q.OUTBOX_FANOUT, [e.event for e in outbox], [e.job_id for e in outbox],
+            [e.payload_json for e in outbox],
+        )  # fmt: skip
+
+
+def _webhook(r: Any) -> Webhook:
+    return Webhook(
+        id=str(r["id"]), url=r["url"], events=list(r["events"]) if r["events"] else None,
+        secret=r["secret"], allow_private=r["allow_private"], created_at=r["created_at"],
+    )  # fmt: skip
+
+
+def _delivery(r: Any) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=str(r["id"]), webhook_id=str(r["webhook_id"]), event=r["event"],
+        job_id=str(r["job_id"]) if r["job_id"] else None, status=r["status"],
+        attempts=r["attempts"], response_code=r["response_code"], error=r["error"],
+        created_at=r["created_at"], delivered_at=r["delivered_at"],
+    )  # fmt: skip
+
+
+def _pending(r: Any) -> PendingDelivery:
+    return PendingDelivery(
+        id=str(r["id"]), webhook_id=str(r["webhook_id"]), event=r["event"],
+        payload_json=r["payload"], created_at=r["created_at"], attempts=r["attempts"],
+        url=r["url"], secret=r["secret"], allow_private=r["allow_private"],
+    )  # fmt: skip
+
+
+def _log_entry(r: Any) -> JobLogEntry:
+    return JobLogEntry(
+        job_id=str(r["job_id"]), logged_at=r["logged_at"], level=r["level"], logger=r["logger"],
+        message=r["message"],
+    )  # fmt: skip

@@ -28,7 +28,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
@@ -44,15 +43,25 @@ from soniq.backends._common import (
     UTC,
     InProcessListeners,
     build_queue_stats,
-    check_schedule_status,
     no_connections,
     normalize_id,
-    reject_connection,
     to_utc,
     utc_now,
 )
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.errors import DatabaseUnavailableError, MigrationError
+from soniq.events import (
+    DeliveryResult,
+    JobLogEntry,
+    OutboxEvent,
+    PendingDelivery,
+    Record,
+    Webhook,
+    WebhookDelivery,
+    like_contains,
+    needs_lease_check,
+    split_records,
+)
 from soniq.job import (
     Ack,
     ClaimedJob,
@@ -67,6 +76,7 @@ from soniq.job import (
     Schedule,
     WorkerInfo,
 )
+from soniq.sql import migration_files as packaged_migrations
 from soniq.sql import sqlite_queries as q
 
 if TYPE_CHECKING:
@@ -307,9 +317,6 @@ class SQLiteBackend:
 
     # --- producing ---------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
-        reject_connection(connection, self.name)
-        if not jobs:
-            return []
         async with self._write() as conn:
             ids = await _insert(conn, jobs, _us(utc_now()))
         self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
@@ -319,20 +326,16 @@ class SQLiteBackend:
     async def claim(
         self, queues: Sequence[str] | None, worker_id: str, limit: int
     ) -> list[ClaimedJob]:
-        if limit <= 0:
-            return []
         lease = str(uuid.uuid4())
         params: Params = {
             "worker_id": worker_id, "lease": lease, "now": _us(utc_now()), "limit": limit,
         }  # fmt: skip
         async with self._write() as conn:
             rows = await _claim_rows(conn, queues, params)
-        rows.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["created_at"]))
+        rows.sort(key=_claim_order)
         return [_claimed(r, lease) for r in rows]
 
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
-        if not acks:
-            return
         batches = _ack_batches(acks, utc_now(), result_ttl)
         async with self._write() as conn:
             for sql, rows in batches:
@@ -396,7 +399,7 @@ class SQLiteBackend:
 
     # --- reads and management ---------------------------------------------
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self._fetch_one(q.JOB_GET, {"id": normalize_id(job_id)})
+        row = await self._fetch_one(q.JOB_GET, {"id": job_id})
         return _job(row) if row is not None else None
 
     async def list_jobs(
@@ -410,11 +413,11 @@ class SQLiteBackend:
         return build_queue_stats((r[0], r[1], r[2]) for r in rows)
 
     async def cancel_job(self, job_id: str) -> bool:
-        params = {"id": normalize_id(job_id), "now": _us(utc_now())}
+        params = {"id": job_id, "now": _us(utc_now())}
         return await self._change(q.JOB_CANCEL, params) > 0
 
     async def delete_job(self, job_id: str) -> bool:
-        return await self._change(q.JOB_DELETE, {"id": normalize_id(job_id)}) > 0
+        return await self._change(q.JOB_DELETE, {"id": job_id}) > 0
 
     async def list_workers(self) -> list[WorkerInfo]:
         return [_worker(r) for r in await self._fetch(q.WORKER_LIST, {})]
@@ -427,7 +430,7 @@ class SQLiteBackend:
         return [_dead(r) for r in await self._fetch(q.DLQ_LIST, params)]
 
     async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
-        row = await self._fetch_one(q.DLQ_GET, {"id": normalize_id(job_id)})
+        row = await self._fetch_one(q.DLQ_GET, {"id": job_id})
         return _dead(row) if row is not None else None
 
     async def dead_letter_count(self, *, queue: str | None, task: str | None) -> int:
@@ -439,7 +442,7 @@ class SQLiteBackend:
         replayed: dict[str, str] = {}
         woke: set[str] = set()
         async with self._write() as conn:
-            for dead_id in dict.fromkeys(normalize_id(i) for i in job_ids):
+            for dead_id in job_ids:
                 new_id = str(uuid.uuid4())
                 params = {"dead_id": dead_id, "new_id": new_id, "now": now}
                 rows = list(await conn.execute_fetchall(q.DLQ_REPLAY_INSERT, params))
@@ -454,14 +457,13 @@ class SQLiteBackend:
         self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
     ) -> int:
         if job_ids is not None:
-            ids = json.dumps([normalize_id(i) for i in job_ids])
+            ids = json.dumps(list(job_ids))
             return await self._change(q.DLQ_PURGE_IDS, {"ids": ids})
         return await self._change(q.DLQ_PURGE_FILTER, {"queue": queue, "task": task})
 
     # --- schedules ---------------------------------------------------------
     async def schedule_upsert(self, schedule: Schedule) -> Schedule:
         s = schedule
-        check_schedule_status(s.status)
         params = {
             "name": s.name, "job_name": s.job_name, "args": json.dumps(s.args),
             "queue": s.queue, "priority": s.priority, "cron": s.cron,
@@ -483,7 +485,6 @@ class SQLiteBackend:
         self, name: str, status: str, next_run_at: datetime | None = None
     ) -> bool:
         """Pause/resume; ``next_run_at`` (when given) re-arms a resumed schedule."""
-        check_schedule_status(status)
         params = {
             "name": name, "status": status, "now": _us(utc_now()),
             "next_run_at": _maybe_us(next_run_at),
@@ -519,6 +520,105 @@ class SQLiteBackend:
         rows = await self._fetch(q.JOB_THROUGHPUT, params)
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
 
+
+    # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
+    async def enqueue_observed(
+        self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
+    ) -> list[str]:
+        async with self._write() as conn:
+            now = _us(utc_now())
+            ids = await _insert(conn, jobs, now)
+            inserted = {j.id for j, i in zip(jobs, ids, strict=True) if i == j.id}
+            await _write_records(conn, *split_records(records, inserted=inserted), now=now)
+        self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
+        return ids
+
+    async def ack_observed(
+        self, acks: Sequence[Ack], records: Sequence[Record], *, result_ttl: float
+    ) -> None:
+        now = utc_now()
+        batches = _ack_batches(acks, now, result_ttl) if acks else []
+        async with self._write() as conn:
+            held = await _held(conn, acks) if acks and needs_lease_check(records) else None
+            for sql, rows in batches:
+                await conn.executemany(sql, rows)
+            await _write_records(conn, *split_records(records, held=held), now=_us(now))
+        self._listeners.notify(a.job.queue for a in acks if isinstance(a.outcome, (Retry, Requeue)))
+
+    async def observe_write(self, records: Sequence[Record]) -> None:
+        async with self._write() as conn:
+            await _write_records(conn, *split_records(records), now=_us(utc_now()))
+
+    async def webhook_add(self, hook: Webhook) -> Webhook:
+        params = {
+            "id": hook.id, "url": hook.url, "secret": hook.secret,
+            "events": json.dumps(hook.events) if hook.events is not None else None,
+            "allow_private": int(hook.allow_private), "now": _us(utc_now()),
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(q.WEBHOOK_INSERT, params))
+        return _webhook(rows[0])
+
+    async def webhook_list(self) -> list[Webhook]:
+        return [_webhook(r) for r in await self._fetch(q.WEBHOOK_LIST, {})]
+
+    async def webhook_remove(self, webhook_id: str) -> bool:
+        async with self._write() as conn:
+            await conn.execute(q.WEBHOOK_DELETE_DELIVERIES, {"id": webhook_id})
+            return await _changes(conn, q.WEBHOOK_DELETE, {"id": webhook_id}) > 0
+
+    async def webhook_deliveries(
+        self, webhook_id: str | None, limit: int
+    ) -> list[WebhookDelivery]:
+        params = {"webhook_id": webhook_id, "limit": limit}
+        return [_delivery(r) for r in await self._fetch(q.WEBHOOK_DELIVERIES, params)]
+
+    async def webhook_claim(self, limit: int, lock_seconds: float) -> list[PendingDelivery]:
+        now = utc_now()
+        params = {
+            "now": _us(now), "limit": limit,
+            "lock_until": _us(now + timedelta(seconds=lock_seconds)),
+        }  # fmt: skip
+        async with self._write() as conn:
+            ids = [r[0] for r in await conn.execute_fetchall(q.WEBHOOK_CLAIM, params)]
+            if not ids:
+                return []
+            rows = await conn.execute_fetchall(q.WEBHOOK_CLAIMED, {"ids": json.dumps(ids)})
+        return [_pending(r) for r in rows]
+
+    async def webhook_settle(self, results: Sequence[DeliveryResult]) -> None:
+        if not results:
+            return
+        now = _us(utc_now())
+        rows = [
+            {"id": r.id, "status": r.status, "code": r.response_code, "error": r.error,
+             "retry_at": _maybe_us(r.retry_at), "now": now}
+            for r in results
+        ]  # fmt: skip
+        async with self._write() as conn:
+            await conn.executemany(q.WEBHOOK_SETTLE, rows)
+
+    async def job_logs(self, job_id: str) -> list[JobLogEntry]:
+        return [_log_entry(r) for r in await self._fetch(q.JOB_LOGS_FOR_JOB, {"job_id": job_id})]
+
+    async def search_logs(
+        self, text: str, *, job_id: str | None, min_level: int, since: datetime, limit: int
+    ) -> list[JobLogEntry]:
+        params = {
+            "since": _us(since), "job_id": job_id, "level": min_level,
+            "pattern": like_contains(text), "limit": limit,
+        }  # fmt: skip
+        return [_log_entry(r) for r in await self._fetch(q.JOB_LOGS_SEARCH, params)]
+
+    async def observability_prune(self) -> int:
+        cutoff = _us(utc_now() - timedelta(days=7))
+        logs = await self._change(q.JOB_LOGS_PRUNE, {})
+        return logs + await self._change(q.WEBHOOK_DELIVERIES_PRUNE, {"cutoff": cutoff})
+
+    async def queue_oldest(self) -> dict[str, float]:
+        now = utc_now()
+        rows = await self._fetch(q.QUEUE_OLDEST, {"now": _us(now)})
+        return {r[0]: (now - (_dt(r[1]) or now)).total_seconds() for r in rows}
 
 # --- statements on an open transaction ------------------------------------------
 
@@ -565,11 +665,15 @@ async def _claim_rows(
     candidates: list[sqlite3.Row] = []
     for queue in names:
         candidates += await conn.execute_fetchall(q.JOB_DUE_IN_QUEUE, {**params, "queue": queue})
-    candidates.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["created_at"]))
+    candidates.sort(key=_claim_order)
     ids = [r["id"] for r in candidates[: params["limit"]]]
     if not ids:
         return []
     return list(await conn.execute_fetchall(q.JOB_CLAIM_IDS, {**params, "ids": json.dumps(ids)}))
+
+
+def _claim_order(r: sqlite3.Row) -> tuple[int, int, int, int]:
+    return r["priority"], r["scheduled_at"], r["created_at"], r["seq"]
 
 
 def _ack_batches(
@@ -616,12 +720,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def migration_files() -> list[tuple[str, str]]:
-    """(name, sql) of every packaged SQLite migration, in order."""
-    folder = resources.files("soniq.sql").joinpath("migrations").joinpath("sqlite")
-    files = sorted(
-        (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
-    )
-    return [(name.removesuffix(".sql"), sql) for name, sql in files]
+    return packaged_migrations("sqlite")
 
 
 def split_statements(script: str) -> list[str]:
@@ -726,3 +825,68 @@ def _job_page_statement(query: JobQuery) -> tuple[str, Params]:
         params["after_created"] = _us(after.created_at)
         params["after_id"] = normalize_id(after.id)
     return sql, params
+
+
+# === observability rows ---------------------------------------------------------------
+
+
+async def _held(conn: aiosqlite.Connection, acks: Sequence[Ack]) -> set[str]:
+    """Job ids whose claim (same lease, still processing) the acks still hold."""
+    leases = {a.job.id: a.job.lease for a in acks}
+    rows = await conn.execute_fetchall(q.ACK_HELD, {"ids": json.dumps(list(leases))})
+    return {r["id"] for r in rows if leases.get(r["id"]) == r["lease"]}
+
+
+async def _write_records(
+    conn: aiosqlite.Connection, logs: list[JobLogEntry], outbox: list[OutboxEvent], *, now: int
+) -> None:
+    """Logs, then one delivery per (event, webhook that wants it), in the open transaction."""
+    if logs:
+        await conn.executemany(q.JOB_LOGS_INSERT, [
+            {"job_id": r.job_id, "logged_at": _us(r.logged_at), "level": r.level,
+             "logger": r.logger, "message": r.message}
+            for r in logs
+        ])  # fmt: skip
+    if not outbox:
+        return
+    hooks = await conn.execute_fetchall(q.WEBHOOK_TARGETS)
+    targets = [(r["id"], _loads(r["events"])) for r in hooks]
+    rows = [
+        {"id": str(uuid.uuid4()), "webhook_id": hook_id, "event": e.event, "job_id": e.job_id,
+         "payload": e.payload_json, "now": now}
+        for e in outbox
+        for hook_id, events in targets
+        if events is None or e.event in events
+    ]  # fmt: skip
+    if rows:
+        await conn.executemany(q.OUTBOX_INSERT, rows)
+
+
+def _webhook(r: sqlite3.Row) -> Webhook:
+    return Webhook(
+        id=r["id"], url=r["url"], events=_loads(r["events"]), secret=r["secret"],
+        allow_private=bool(r["allow_private"]), created_at=_dt(r["created_at"]),
+    )  # fmt: skip
+
+
+def _delivery(r: sqlite3.Row) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=r["id"], webhook_id=r["webhook_id"], event=r["event"], job_id=r["job_id"],
+        status=r["status"], attempts=r["attempts"], response_code=r["response_code"],
+        error=r["error"], created_at=_dt(r["created_at"]), delivered_at=_dt(r["delivered_at"]),
+    )  # fmt: skip
+
+
+def _pending(r: sqlite3.Row) -> PendingDelivery:
+    return PendingDelivery(
+        id=r["id"], webhook_id=r["webhook_id"], event=r["event"], payload_json=r["payload"],
+        created_at=_dt(r["created_at"]) or utc_now(), attempts=r["attempts"], url=r["url"],
+        secret=r["secret"], allow_private=bool(r["allow_private"]),
+    )  # fmt: skip
+
+
+def _log_entry(r: sqlite3.Row) -> JobLogEntry:
+    return JobLogEntry(
+        job_id=r["job_id"], logged_at=_dt(r["logged_at"]) or utc_now(), level=r["level"],
+        logger=r["logger"], message=r["message"],
+    )  # fmt: skip

@@ -22,8 +22,8 @@ from rich.table import Table
 
 from soniq.app import Soniq
 from soniq.backends import detect_backend, sqlite_path
-from soniq.backends.postgres import mask_url
 from soniq.errors import SoniqError
+from soniq.utils import mask_url
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

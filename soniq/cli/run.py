@@ -17,7 +17,6 @@ import click
 
 import soniq
 from soniq.app import Soniq
-from soniq.backends.postgres import mask_url
 from soniq.cli._common import (
     Io,
     cli_errors,
@@ -30,6 +29,7 @@ from soniq.cli._common import (
     same_database,
     split_csv,
 )
+from soniq.utils import mask_url
 
 log = logging.getLogger("soniq.cli")
 

@@ -54,11 +54,12 @@ SELECT id FROM soniq_jobs WHERE dedup_key = $1 AND {DEDUP_PREDICATE}
 
 _CLAIM = """
 WITH next AS (
-    -- Partial index soniq_jobs_claim_*_idx walks queued rows in priority order;
-    -- SKIP LOCKED lets competing workers take disjoint batches without waiting.
+    -- Partial index soniq_jobs_claim_*_idx walks queued rows in claim order
+    -- (priority, run time, then seq: FIFO); SKIP LOCKED lets competing workers
+    -- take disjoint batches without waiting.
     SELECT id FROM soniq_jobs
     WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
-    ORDER BY priority, scheduled_at
+    ORDER BY priority, scheduled_at, seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -68,7 +69,7 @@ SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $3
 FROM next
 WHERE j.id = next.id
 RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
-          j.scheduled_at, j.created_at, j.priority
+          j.scheduled_at, j.created_at, j.priority, j.seq
 """
 JOB_CLAIM_ALL = _CLAIM.format(queue_filter="")
 JOB_CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter="AND queue = $4")
@@ -388,4 +389,108 @@ WITH done AS (
 SELECT b, coalesce(done.n, 0) AS completed, coalesce(dead.n, 0) AS failed
 FROM done FULL JOIN dead USING (b)
 ORDER BY b
+"""
+
+
+# === observability: webhooks outbox, job logs, gauges (soniq/events.py) =============
+# Owned by the webhooks/logs/metrics features; 0003_observability.sql is the schema.
+
+_WEBHOOK_COLUMNS = "id, url, events, secret, allow_private, created_at"
+WEBHOOK_INSERT = f"""
+INSERT INTO soniq_webhooks (id, url, events, secret, allow_private)
+VALUES ($1, $2, $3::text[], $4, $5)
+RETURNING {_WEBHOOK_COLUMNS}
+"""
+WEBHOOK_LIST = f"SELECT {_WEBHOOK_COLUMNS} FROM soniq_webhooks ORDER BY created_at, id"
+# ON DELETE CASCADE takes the endpoint's deliveries with it.
+WEBHOOK_DELETE = "DELETE FROM soniq_webhooks WHERE id = $1"
+
+# Lock the claims an ack batch still holds, before the ack statements run: the
+# outcome events written after them in the same transaction then describe
+# exactly the acks that applied (a late ack from a worker that lost the job
+# writes no event). FOR UPDATE keeps recovery from slipping in between.
+ACK_HELD = """
+SELECT j.id FROM soniq_jobs j
+JOIN unnest($1::uuid[], $2::uuid[]) AS a(id, lease) ON j.id = a.id AND j.lease = a.lease
+WHERE j.status = 'processing'
+FOR UPDATE OF j
+"""
+
+# Fan an event out to every webhook that wants it (events NULL = all), in SQL so
+# that a webhook registered by another process is honoured without a cache.
+OUTBOX_FANOUT = """
+INSERT INTO soniq_webhook_deliveries (id, webhook_id, event, job_id, payload)
+SELECT gen_random_uuid(), w.id, e.event, e.job_id, e.payload
+FROM unnest($1::text[], $2::uuid[], $3::text[]) AS e(event, job_id, payload)
+JOIN soniq_webhooks w ON w.events IS NULL OR e.event = ANY (w.events)
+"""
+
+# Take due deliveries; pushing next_attempt_at forward by $2 seconds is the
+# claim lease (a worker that dies mid-delivery lets it fall due again).
+# SKIP LOCKED: concurrent workers take disjoint rows, through the partial index.
+WEBHOOK_CLAIM = """
+WITH due AS (
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE soniq_webhook_deliveries d
+SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+FROM due, soniq_webhooks w
+WHERE d.id = due.id AND w.id = d.webhook_id
+RETURNING d.id, d.webhook_id, d.event, d.payload, d.created_at, d.attempts,
+          w.url, w.secret, w.allow_private
+"""
+WEBHOOK_SETTLE = """
+UPDATE soniq_webhook_deliveries d
+SET status = r.status, response_code = r.code, error = r.error,
+    next_attempt_at = COALESCE(r.retry_at, d.next_attempt_at),
+    delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::timestamptz[])
+     AS r(id, status, code, error, retry_at)
+WHERE d.id = r.id
+"""
+WEBHOOK_DELIVERIES = """
+SELECT id, webhook_id, event, job_id, status, attempts, response_code, error, created_at,
+       delivered_at
+FROM soniq_webhook_deliveries
+WHERE ($1::uuid IS NULL OR webhook_id = $1)
+ORDER BY created_at DESC, id
+LIMIT $2
+"""
+
+JOB_LOGS_INSERT = """
+INSERT INTO soniq_job_logs (job_id, logged_at, level, logger, message)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int[], $4::text[], $5::text[])
+"""
+_LOG_COLUMNS = "job_id, logged_at, level, logger, message"
+# soniq_job_logs_job_idx returns a job's records in insertion order.
+JOB_LOGS_FOR_JOB = f"SELECT {_LOG_COLUMNS} FROM soniq_job_logs WHERE job_id = $1 ORDER BY id"
+# $4 is a LIKE pattern whose wildcards the caller escaped with a backslash.
+JOB_LOGS_SEARCH = f"""
+SELECT {_LOG_COLUMNS} FROM soniq_job_logs
+WHERE logged_at >= $1 AND ($2::uuid IS NULL OR job_id = $2) AND level >= $3
+  AND message ILIKE $4 ESCAPE '\\'
+ORDER BY logged_at DESC, id DESC
+LIMIT $5
+"""
+# Logs live as long as their job: in soniq_jobs or the dead-letter table.
+JOB_LOGS_PRUNE = """
+DELETE FROM soniq_job_logs l
+WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = l.job_id)
+  AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = l.job_id)
+"""
+# Settled deliveries are history; a week of it is kept.
+WEBHOOK_DELIVERIES_PRUNE = """
+DELETE FROM soniq_webhook_deliveries
+WHERE status <> 'pending' AND created_at < now() - interval '7 days'
+"""
+
+# Age of the oldest due queued job per queue (the claim index's queued rows only).
+QUEUE_OLDEST = """
+SELECT queue, EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8 AS age
+FROM soniq_jobs WHERE status = 'queued' AND scheduled_at <= now()
+GROUP BY queue
 """

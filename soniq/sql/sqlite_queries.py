@@ -42,7 +42,7 @@ ON CONFLICT (dedup_key) WHERE {LIVE_PREDICATE} DO NOTHING
 
 # The predicate repeats the index's WHERE so the planner can use the partial index.
 JOB_LIVE_BY_DEDUP = f"""
-SELECT dedup_key, id FROM soniq_jobs
+SELECT dedup_key, id FROM soniq_jobs INDEXED BY soniq_jobs_dedup_idx
 WHERE dedup_key IN (SELECT value FROM json_each(:keys)) AND {LIVE_PREDICATE}
 """
 
@@ -53,29 +53,43 @@ SET status = 'processing', attempts = attempts + 1, worker_id = :worker_id, leas
     started_at = :now, updated_at = :now
 """
 _CLAIM_RETURNING = """
-RETURNING id, job_name, args, queue, attempts, max_attempts, scheduled_at, created_at, priority
+RETURNING id, job_name, args, queue, attempts, max_attempts, scheduled_at, created_at, priority,
+          rowid AS seq
 """
 _DUE = "status = 'queued' AND scheduled_at <= :now"
-_ORDER = "ORDER BY priority, scheduled_at, created_at"
+# Claim order: priority, run time, then enqueue order (FIFO). rowid grows with
+# each insert and is the implicit last column of every index, so the claim
+# indexes still deliver rows in this order without a sort. The claims name
+# their index (INDEXED BY): the planner once preferred a listing index plus a
+# sort, and a claim must stay an ordered walk of the backlog whatever indexes
+# later migrations add.
+_ORDER = "ORDER BY priority, scheduled_at, created_at, rowid"
 
 # Walks soniq_jobs_claim_all_idx in order and stops after :limit due rows.
 JOB_CLAIM_ALL = f"""
 {_CLAIM_SET}
-WHERE id IN (SELECT id FROM soniq_jobs WHERE {_DUE} {_ORDER} LIMIT :limit)
+WHERE id IN (
+    SELECT id FROM soniq_jobs INDEXED BY soniq_jobs_claim_all_idx
+    WHERE {_DUE} {_ORDER} LIMIT :limit
+)
 {_CLAIM_RETURNING}
 """
 
 # Walks soniq_jobs_claim_queue_idx for one queue, already in claim order.
 JOB_CLAIM_QUEUE = f"""
 {_CLAIM_SET}
-WHERE id IN (SELECT id FROM soniq_jobs WHERE queue = :queue AND {_DUE} {_ORDER} LIMIT :limit)
+WHERE id IN (
+    SELECT id FROM soniq_jobs INDEXED BY soniq_jobs_claim_queue_idx
+    WHERE queue = :queue AND {_DUE} {_ORDER} LIMIT :limit
+)
 {_CLAIM_RETURNING}
 """
 
 # Several queues: the best :limit candidates of each queue (an ordered index
 # walk each), merged by the caller, then claimed by id in the same transaction.
 JOB_DUE_IN_QUEUE = f"""
-SELECT id, priority, scheduled_at, created_at FROM soniq_jobs
+SELECT id, priority, scheduled_at, created_at, rowid AS seq
+FROM soniq_jobs INDEXED BY soniq_jobs_claim_queue_idx
 WHERE queue = :queue AND {_DUE} {_ORDER} LIMIT :limit
 """
 JOB_CLAIM_IDS = f"""
@@ -359,4 +373,96 @@ WITH done AS (
 SELECT buckets.b, coalesce(done.n, 0) AS completed, coalesce(dead.n, 0) AS failed
 FROM buckets LEFT JOIN done ON done.b = buckets.b LEFT JOIN dead ON dead.b = buckets.b
 ORDER BY buckets.b
+"""
+
+
+# === observability: webhooks outbox, job logs, gauges (soniq/events.py) =============
+# Owned by the webhooks/logs/metrics features; 0003_observability.sql is the schema.
+# Fan-out and lease checks run in Python inside the same BEGIN IMMEDIATE
+# transaction, which already holds the single write lock.
+
+_WEBHOOK_COLUMNS = "id, url, events, secret, allow_private, created_at"
+WEBHOOK_INSERT = f"""
+INSERT INTO soniq_webhooks (id, url, events, secret, allow_private, created_at)
+VALUES (:id, :url, :events, :secret, :allow_private, :now)
+RETURNING {_WEBHOOK_COLUMNS}
+"""
+WEBHOOK_LIST = f"SELECT {_WEBHOOK_COLUMNS} FROM soniq_webhooks ORDER BY created_at, id"
+WEBHOOK_TARGETS = "SELECT id, events FROM soniq_webhooks"
+# Foreign keys are off in SQLite by default: deliveries go explicitly, same transaction.
+WEBHOOK_DELETE = "DELETE FROM soniq_webhooks WHERE id = :id"
+WEBHOOK_DELETE_DELIVERIES = "DELETE FROM soniq_webhook_deliveries WHERE webhook_id = :id"
+
+# The (id, lease) pairs of an ack batch that are still held; compared in Python.
+ACK_HELD = """
+SELECT id, lease FROM soniq_jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'processing'
+"""
+
+OUTBOX_INSERT = """
+INSERT INTO soniq_webhook_deliveries
+    (id, webhook_id, event, job_id, payload, status, attempts, next_attempt_at, created_at)
+VALUES (:id, :webhook_id, :event, :job_id, :payload, 'pending', 0, :now, :now)
+"""
+
+# Claim lease: next_attempt_at moves to :lock_until while a worker delivers.
+WEBHOOK_CLAIM = """
+UPDATE soniq_webhook_deliveries
+SET attempts = attempts + 1, next_attempt_at = :lock_until
+WHERE id IN (
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status = 'pending' AND next_attempt_at <= :now
+    ORDER BY next_attempt_at LIMIT :limit
+)
+RETURNING id
+"""
+WEBHOOK_CLAIMED = """
+SELECT d.id, d.webhook_id, d.event, d.payload, d.created_at, d.attempts,
+       w.url, w.secret, w.allow_private
+FROM soniq_webhook_deliveries d JOIN soniq_webhooks w ON w.id = d.webhook_id
+WHERE d.id IN (SELECT value FROM json_each(:ids))
+"""
+WEBHOOK_SETTLE = """
+UPDATE soniq_webhook_deliveries
+SET status = :status, response_code = :code, error = :error,
+    next_attempt_at = COALESCE(:retry_at, next_attempt_at),
+    delivered_at = CASE WHEN :status = 'delivered' THEN :now ELSE delivered_at END
+WHERE id = :id
+"""
+WEBHOOK_DELIVERIES = """
+SELECT id, webhook_id, event, job_id, status, attempts, response_code, error, created_at,
+       delivered_at
+FROM soniq_webhook_deliveries
+WHERE (:webhook_id IS NULL OR webhook_id = :webhook_id)
+ORDER BY created_at DESC, id
+LIMIT :limit
+"""
+
+JOB_LOGS_INSERT = """
+INSERT INTO soniq_job_logs (job_id, logged_at, level, logger, message)
+VALUES (:job_id, :logged_at, :level, :logger, :message)
+"""
+_LOG_COLUMNS = "job_id, logged_at, level, logger, message"
+JOB_LOGS_FOR_JOB = f"SELECT {_LOG_COLUMNS} FROM soniq_job_logs WHERE job_id = :job_id ORDER BY id"
+# LIKE is case-insensitive for ASCII in SQLite; :pattern's wildcards are escaped.
+JOB_LOGS_SEARCH = f"""
+SELECT {_LOG_COLUMNS} FROM soniq_job_logs
+WHERE logged_at >= :since AND (:job_id IS NULL OR job_id = :job_id) AND level >= :level
+  AND message LIKE :pattern ESCAPE '\\'
+ORDER BY logged_at DESC, id DESC
+LIMIT :limit
+"""
+JOB_LOGS_PRUNE = """
+DELETE FROM soniq_job_logs
+WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = soniq_job_logs.job_id)
+  AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = soniq_job_logs.job_id)
+"""
+WEBHOOK_DELIVERIES_PRUNE = """
+DELETE FROM soniq_webhook_deliveries WHERE status <> 'pending' AND created_at < :cutoff
+"""
+
+QUEUE_OLDEST = """
+SELECT queue, min(scheduled_at) AS oldest FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at <= :now
+GROUP BY queue
 """

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,56 +27,13 @@ import pytest
 from soniq import JobContext, JobStatus, Soniq, task_ref
 from soniq.backends import StorageBackend
 from soniq.errors import JobNotFoundError
-from soniq.job import Ack, ClaimedJob, Done, Fail, Requeue, Retry, Schedule, WorkerInfo
-from tests.helpers import FAST_SETTINGS, wait_until
+from soniq.job import Ack, ClaimedJob, Done, Fail, NewJob, Requeue, Retry, Schedule, WorkerInfo
+from tests.backend_apps import AppFactory
+from tests.helpers import wait_until
 
 UTC = timezone.utc
-BACKENDS = ["postgres", "sqlite", "memory"]
 STATS_KEYS = {"queue", "total", "queued", "processing", "done", "dead_letter", "cancelled"}
 
-AppFactory = Callable[..., Awaitable[Soniq]]
-
-
-# --- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-def backend_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
-    """(backend kind, database url); only the postgres run asks for a database."""
-    kind: str = request.param
-    if kind == "postgres":
-        return kind, str(request.getfixturevalue("pg_url"))
-    if kind == "sqlite":
-        return kind, str(tmp_path / "t.db")
-    return kind, None
-
-
-@pytest.fixture
-async def app_factory(backend_target: tuple[str, str | None]) -> AsyncIterator[AppFactory]:
-    """Build ready ``Soniq`` instances on this test's store; all are closed afterwards."""
-    kind, url = backend_target
-    created: list[Soniq] = []
-
-    async def make(**overrides: Any) -> Soniq:
-        settings = {**FAST_SETTINGS, **overrides}
-        if kind == "memory":
-            app = Soniq(backend="memory", **settings)
-        else:
-            app = Soniq(database_url=url, **settings)
-        created.append(app)
-        if kind == "sqlite":
-            await app.setup()
-        await app.ensure_initialized()
-        return app
-
-    yield make
-    for app in created:
-        await app.close()
-
-
-@pytest.fixture
-async def soniq_app(app_factory: AppFactory) -> Soniq:
-    return await app_factory()
 
 
 # --- helpers --------------------------------------------------------------------
@@ -924,3 +881,627 @@ async def test_continuous_worker_wakes_on_enqueue(app_factory: AppFactory) -> No
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
     assert await app.backend.list_workers() == []
+
+
+# =====================================================================================
+# The storage verbs, one by one (app.backend: what every feature sees through the
+# protocol, input rules included). Worker ids are UUIDs: PostgreSQL stores them so.
+# =====================================================================================
+
+W1 = "00000000-0000-4000-8000-0000000000a1"
+W2 = "00000000-0000-4000-8000-0000000000a2"
+GHOST = "00000000-0000-4000-8000-00000000dead"
+
+
+@pytest.fixture
+def backend(soniq_app: Soniq) -> StorageBackend:
+    return soniq_app.backend
+
+
+def new_job(
+    name: str = "tasks.work",
+    *,
+    queue: str = "default",
+    priority: int = 100,
+    scheduled_at: datetime | None = None,
+    dedup_key: str | None = None,
+    args: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+) -> NewJob:
+    args = args if args is not None else {"n": 1}
+    return NewJob(
+        id=str(uuid.uuid4()), job_name=name, args=args, args_json=json.dumps(args),
+        queue=queue, priority=priority, max_attempts=max_attempts,
+        scheduled_at=scheduled_at, dedup_key=dedup_key,
+    )  # fmt: skip
+
+
+async def take_one(backend: StorageBackend, worker: str = W1) -> ClaimedJob:
+    [claimed] = await backend.claim(None, worker, 1)
+    return claimed
+
+
+def assert_utc(value: datetime | None) -> None:
+    assert value is not None and value.tzinfo is not None
+    assert value.utcoffset() == timedelta(0)
+
+
+# --- protocol and producing ----------------------------------------------------
+
+
+async def test_enqueue_stores_a_queued_row(backend: StorageBackend) -> None:
+    before = now()
+    job = new_job(args={"to": "a@b.c", "n": [1, 2]}, priority=7, queue="mail")
+    assert await backend.enqueue([job]) == [job.id]
+    row = await backend.get_job(job.id)
+    assert row is not None
+    assert (row.job_name, row.args, row.queue, row.priority) == (job.job_name, job.args, "mail", 7)
+    assert (row.status, row.attempts, row.max_attempts) == ("queued", 0, 3)
+    for stamp in (row.scheduled_at, row.created_at, row.updated_at):
+        assert_utc(stamp)
+        assert stamp is not None and before <= stamp <= now()
+    assert row.worker_id is None and row.result is None
+
+
+async def test_enqueue_keeps_scheduled_at_and_converts_to_utc(backend: StorageBackend) -> None:
+    later = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    job = new_job(scheduled_at=later)
+    await backend.enqueue([job])
+    row = await backend.get_job(job.id)
+    assert row is not None and row.scheduled_at == later
+    assert_utc(row.scheduled_at)
+
+
+async def test_dedup_within_one_batch(backend: StorageBackend) -> None:
+    a, b, c = new_job(dedup_key="x"), new_job(dedup_key="x"), new_job()
+    assert await backend.enqueue([a, b, c]) == [a.id, a.id, c.id]
+    assert len(await backend.list_jobs(queue=None, status=None, limit=10, offset=0)) == 2
+
+
+# --- claiming ------------------------------------------------------------------
+
+
+async def test_claim_marks_processing(backend: StorageBackend) -> None:
+    job = new_job()
+    await backend.enqueue([job])
+    claimed = await take_one(backend, W1)
+    assert (claimed.id, claimed.attempt, claimed.max_attempts) == (job.id, 1, 3)
+    assert claimed.args == job.args and claimed.priority == 100 and claimed.lease
+    assert_utc(claimed.scheduled_at)
+    assert_utc(claimed.created_at)
+    row = await backend.get_job(job.id)
+    assert row is not None
+    assert (row.status, row.attempts, row.worker_id) == ("processing", 1, W1)
+    assert_utc(row.started_at)
+    assert await backend.claim(None, W2, 10) == []
+
+
+async def test_claim_order_priority_then_run_time_then_age(backend: StorageBackend) -> None:
+    t = now()
+    late_low = new_job(priority=50, scheduled_at=t - timedelta(seconds=1))
+    early_low = new_job(priority=50, scheduled_at=t - timedelta(seconds=5))
+    high = new_job(priority=10, scheduled_at=t - timedelta(seconds=1))
+    same_a = new_job(priority=200, scheduled_at=t - timedelta(seconds=9))
+    await backend.enqueue([late_low, early_low, high, same_a])
+    same_b = new_job(priority=200, scheduled_at=t - timedelta(seconds=9))
+    await backend.enqueue([same_b])
+    order = [j.id for j in await backend.claim(None, W1, 10)]
+    assert order == [high.id, early_low.id, late_low.id, same_a.id, same_b.id]
+
+
+async def test_claim_skips_future_and_respects_limit(backend: StorageBackend) -> None:
+    future = new_job(priority=1, scheduled_at=now() + timedelta(hours=1))
+    due = [new_job(priority=500) for _ in range(3)]
+    await backend.enqueue([future, *due])
+    first = await backend.claim(None, W1, 2)
+    assert len(first) == 2 and future.id not in {j.id for j in first}
+    assert [j.id for j in await backend.claim(None, W1, 5)] == [
+        j.id for j in due if j.id not in {c.id for c in first}
+    ]
+    assert await backend.claim(None, W1, 5) == []
+
+
+async def test_claim_becomes_due(backend: StorageBackend) -> None:
+    soon = new_job(scheduled_at=now() + timedelta(milliseconds=150))
+    await backend.enqueue([soon])
+    assert await backend.claim(None, W1, 1) == []
+    claimed = await wait_until(lambda: backend.claim(None, W1, 1), timeout=5, message="due job")
+    assert claimed[0].id == soon.id
+
+
+async def test_claim_filters_queues(backend: StorageBackend) -> None:
+    a = new_job(queue="a", priority=30)
+    b = new_job(queue="b", priority=20)
+    c = new_job(queue="c", priority=10)
+    await backend.enqueue([a, b, c])
+    assert [j.id for j in await backend.claim(["a"], W1, 10)] == [a.id]
+    assert [j.id for j in await backend.claim(["a", "b", "c"], W1, 1)] == [c.id]
+    assert [j.id for j in await backend.claim(["b", "zzz"], W1, 10)] == [b.id]
+
+
+async def test_claim_merges_several_queues_in_order(backend: StorageBackend) -> None:
+    jobs = [new_job(queue=q, priority=p) for q, p in [("a", 3), ("b", 1), ("a", 2), ("b", 4)]]
+    await backend.enqueue(jobs)
+    claimed = await backend.claim(["a", "b"], W1, 3)
+    assert [j.priority for j in claimed] == [1, 2, 3]
+
+
+async def test_concurrent_claims_are_disjoint(backend: StorageBackend) -> None:
+    jobs = [new_job() for _ in range(50)]
+    await backend.enqueue(jobs)
+    batches = await asyncio.gather(*(backend.claim(None, str(uuid.uuid4()), 7) for i in range(10)))
+    ids = [j.id for batch in batches for j in batch]
+    assert len(ids) == len(set(ids)) == 50
+
+
+# --- acks ------------------------------------------------------------------------
+
+
+async def test_ack_done_keeps_result_until_ttl(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job()])
+    job = await take_one(backend)
+    before = now()
+    await backend.ack([Ack(job, Done(json.dumps({"ok": True})))], result_ttl=300)
+    row = await backend.get_job(job.id)
+    assert row is not None and row.status == "done" and row.result == {"ok": True}
+    assert row.completed_at is not None and row.completed_at >= before
+    assert_utc(row.completed_at)
+    assert await backend.prune() == 0
+
+
+async def test_ack_done_with_zero_ttl_deletes(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job()])
+    job = await take_one(backend)
+    await backend.ack([Ack(job, Done(None))], result_ttl=0)
+    assert await backend.get_job(job.id) is None
+
+
+async def test_prune_deletes_expired_done_rows(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job(), new_job()])
+    short, long = await backend.claim(None, W1, 2)
+    await backend.ack([Ack(short, Done("1"))], result_ttl=0.05)
+    await backend.ack([Ack(long, Done("2"))], result_ttl=300)
+    await wait_until(lambda: backend.prune(), timeout=5, message="expired row pruned")
+    assert await backend.get_job(short.id) is None
+    assert await backend.get_job(long.id) is not None
+
+
+async def test_ack_retry(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job()])
+    job = await take_one(backend)
+    run_at = now() + timedelta(hours=1)
+    await backend.ack([Ack(job, Retry(run_at, "boom"))], result_ttl=60)
+    row = await backend.get_job(job.id)
+    assert row is not None
+    assert (row.status, row.attempts, row.last_error) == ("queued", 1, "boom")
+    assert row.scheduled_at == run_at and row.worker_id is None
+    assert await backend.claim(None, W1, 1) == []
+
+
+async def test_ack_retry_due_now_is_claimed_again(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job()])
+    job = await take_one(backend)
+    await backend.ack([Ack(job, Retry(now(), "boom"))], result_ttl=60)
+    again = await take_one(backend)
+    assert (again.id, again.attempt) == (job.id, 2)
+    assert again.lease != job.lease
+
+
+async def test_ack_requeue_gives_the_attempt_back(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job()])
+    job = await take_one(backend)
+    await backend.ack([Ack(job, Requeue())], result_ttl=60)
+    row = await backend.get_job(job.id)
+    assert row is not None and (row.status, row.attempts) == ("queued", 0)
+    again = await take_one(backend)
+    assert again.attempt == 1
+    later = now() + timedelta(minutes=5)
+    await backend.ack([Ack(again, Requeue(later))], result_ttl=60)
+    row = await backend.get_job(job.id)
+    assert row is not None and row.scheduled_at == later
+
+
+async def test_ack_fail_moves_to_dead_letters(backend: StorageBackend) -> None:
+    job = new_job(args={"k": "v"}, queue="q1", priority=9, max_attempts=1)
+    await backend.enqueue([job])
+    claimed = await take_one(backend)
+    before = now()
+    await backend.ack([Ack(claimed, Fail("kaput", "Traceback ..."))], result_ttl=60)
+    assert await backend.get_job(job.id) is None
+    dead = await backend.dead_letter_get(job.id)
+    assert dead is not None
+    assert (dead.job_name, dead.args, dead.queue, dead.priority) == (
+        job.job_name, {"k": "v"}, "q1", 9,
+    )  # fmt: skip
+    assert (dead.attempts, dead.max_attempts, dead.last_error) == (1, 1, "kaput")
+    assert dead.traceback == "Traceback ..." and dead.resurrection_count == 0
+    assert dead.dead_lettered_at is not None and dead.dead_lettered_at >= before
+    assert_utc(dead.dead_lettered_at)
+    assert_utc(dead.created_at)
+
+
+async def test_mixed_ack_batch(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job() for _ in range(4)])
+    a, b, c, d = await backend.claim(None, W1, 4)
+    await backend.ack(
+        [Ack(a, Done("1")), Ack(b, Retry(now(), "e")), Ack(c, Fail("f", None)), Ack(d, Requeue())],
+        result_ttl=60,
+    )
+    statuses = {j.id: j.status for j in await backend.list_jobs(
+        queue=None, status=None, limit=10, offset=0)}  # fmt: skip
+    assert statuses == {a.id: "done", b.id: "queued", d.id: "queued"}
+    assert await backend.dead_letter_count(queue=None, task=None) == 1
+
+
+# --- workers, recovery, leader leases ----------------------------------------
+
+
+async def test_worker_registration_and_heartbeat(backend: StorageBackend) -> None:
+    info = worker_info(queues=["a", "b"])
+    await backend.register_worker(info)
+    [row] = await backend.list_workers()
+    assert (row.id, row.hostname, row.pid, row.queues, row.concurrency) == (
+        info.id, "conformance", os.getpid(), ["a", "b"], 3,
+    )  # fmt: skip
+    assert_utc(row.started_at)
+    assert_utc(row.last_heartbeat)
+    assert await backend.heartbeat(info.id) is True
+    await backend.register_worker(info)  # idempotent
+    [again] = await backend.list_workers()
+    assert again.started_at == row.started_at
+    await backend.deregister_worker(info.id)
+    assert await backend.heartbeat(info.id) is False
+    assert await backend.list_workers() == []
+
+
+async def test_recover_stale_requeues_jobs_of_missing_workers(backend: StorageBackend) -> None:
+    alive = worker_info()
+    await backend.register_worker(alive)
+    await backend.enqueue([new_job(), new_job()])
+    [mine] = await backend.claim(None, alive.id, 1)
+    [lost] = await backend.claim(None, GHOST, 1)
+    assert await backend.recover_stale(3600) == 1
+    row = await backend.get_job(lost.id)
+    assert row is not None and (row.status, row.worker_id) == ("queued", None)
+    assert row.last_error == f"worker {GHOST} was lost while running attempt 1"
+    kept = await backend.get_job(mine.id)
+    assert kept is not None and kept.status == "processing"
+    await backend.ack([Ack(lost, Done(None))], result_ttl=60)  # late ack: ignored
+    row = await backend.get_job(lost.id)
+    assert row is not None and row.status == "queued"
+
+
+async def test_recover_stale_removes_silent_workers(backend: StorageBackend) -> None:
+    silent = worker_info()
+    await backend.register_worker(silent)
+    await backend.enqueue([new_job()])
+    job = await take_one(backend, silent.id)
+    assert await backend.recover_stale(3600) == 0
+
+    async def recovered() -> bool:
+        return await backend.recover_stale(0.05) == 1
+
+    await wait_until(recovered, timeout=5, message="silent worker recovered")
+    assert await backend.list_workers() == []
+    assert await backend.heartbeat(silent.id) is False
+    row = await backend.get_job(job.id)
+    assert row is not None and row.status == "queued"
+
+
+async def test_recover_stale_dead_letters_last_attempt(backend: StorageBackend) -> None:
+    await backend.enqueue([new_job(max_attempts=1)])
+    job = await take_one(backend, GHOST)
+    assert await backend.recover_stale(3600) == 1
+    assert await backend.get_job(job.id) is None
+    dead = await backend.dead_letter_get(job.id)
+    assert dead is not None and dead.traceback is None
+    assert dead.last_error == f"worker {GHOST} was lost while running attempt 1"
+
+
+async def test_leader_lease(backend: StorageBackend) -> None:
+    assert await backend.try_lead("maintenance", "a", 60) is True
+    assert await backend.try_lead("maintenance", "b", 60) is False
+    assert await backend.try_lead("maintenance", "a", 60) is True
+    assert await backend.try_lead("scheduler", "b", 60) is True
+    await backend.release_lead("maintenance", "b")  # not b's: no effect
+    assert await backend.try_lead("maintenance", "b", 60) is False
+    await backend.release_lead("maintenance", "a")
+    assert await backend.try_lead("maintenance", "b", 0.05) is True
+    await wait_until(
+        lambda: backend.try_lead("maintenance", "a", 60), timeout=5, message="expired lease"
+    )
+    assert await backend.try_lead("maintenance", "b", 60) is False
+
+
+async def test_listen_wakes_a_waiting_worker(backend: StorageBackend) -> None:
+    woke = asyncio.Event()
+    listener = await backend.listen(lambda _queue: woke.set())
+    assert listener is not None
+    try:
+        waiter = asyncio.create_task(woke.wait())
+        await backend.enqueue([new_job()])
+        await asyncio.wait_for(waiter, timeout=2)
+    finally:
+        await listener.close()
+
+
+# --- reads and management -----------------------------------------------------
+
+
+async def test_get_job_unknown_malformed_and_uppercase(backend: StorageBackend) -> None:
+    job = new_job()
+    await backend.enqueue([job])
+    assert await backend.get_job(str(uuid.uuid4())) is None
+    assert await backend.get_job("not-a-uuid") is None
+    found = await backend.get_job(job.id.upper())
+    assert found is not None and found.id == job.id
+
+
+async def test_list_jobs_newest_first_with_filters(backend: StorageBackend) -> None:
+    jobs = [new_job(queue="a" if i % 2 else "b") for i in range(5)]
+    for job in jobs:
+        await backend.enqueue([job])
+        await tick()
+    listed = await backend.list_jobs(queue=None, status=None, limit=10, offset=0)
+    assert [j.id for j in listed] == [j.id for j in reversed(jobs)]
+    page = await backend.list_jobs(queue=None, status=None, limit=2, offset=1)
+    assert [j.id for j in page] == [jobs[3].id, jobs[2].id]
+    only_a = await backend.list_jobs(queue="a", status=None, limit=10, offset=0)
+    assert {j.id for j in only_a} == {jobs[1].id, jobs[3].id}
+    await take_one(backend)
+    processing = await backend.list_jobs(queue=None, status="processing", limit=10, offset=0)
+    assert len(processing) == 1
+
+
+async def test_cancel_and_delete(backend: StorageBackend) -> None:
+    queued, running = new_job(priority=500), new_job(priority=1)
+    await backend.enqueue([queued, running])
+    await take_one(backend)
+    assert await backend.cancel_job(running.id) is False
+    assert await backend.cancel_job(queued.id) is True
+    assert await backend.cancel_job(queued.id) is False
+    row = await backend.get_job(queued.id)
+    assert row is not None and row.status == "cancelled"
+    assert await backend.claim(None, W1, 10) == []
+    assert await backend.prune() == 0  # cancelled rows stay until deleted
+    assert await backend.delete_job(queued.id) is True
+    assert await backend.delete_job(queued.id) is False
+    assert await backend.delete_job("nonsense") is False
+
+
+async def test_queue_stats_counts_every_status(backend: StorageBackend) -> None:
+    assert await backend.queue_stats() == []
+    await backend.enqueue([new_job(queue="b") for _ in range(4)])
+    await backend.enqueue([new_job(queue="a", max_attempts=1)])
+    first = await backend.claim(["b"], W1, 2)
+    await backend.ack([Ack(first[0], Done(None))], result_ttl=60)
+    [doomed] = await backend.claim(["a"], W1, 1)
+    await backend.ack([Ack(doomed, Fail("x", None))], result_ttl=60)
+    [cancel] = await backend.list_jobs(queue="b", status="queued", limit=1, offset=0)
+    await backend.cancel_job(cancel.id)
+    stats = [s.to_dict() for s in await backend.queue_stats()]
+    assert stats == [
+        {"queue": "a", "total": 1, "queued": 0, "processing": 0, "done": 0,
+         "dead_letter": 1, "cancelled": 0},
+        {"queue": "b", "total": 4, "queued": 1, "processing": 1, "done": 1,
+         "dead_letter": 0, "cancelled": 1},
+    ]  # fmt: skip
+
+
+# --- dead letters ------------------------------------------------------------------
+
+
+async def bury(backend: StorageBackend, *jobs: NewJob) -> list[str]:
+    """Enqueue and dead-letter ``jobs`` one by one (so dead_lettered_at increases)."""
+    for job in jobs:
+        await backend.enqueue([job])
+        [claimed] = await backend.claim([job.queue], W1, 1)
+        await backend.ack([Ack(claimed, Fail(f"error {job.job_name}", None))], result_ttl=60)
+        await tick()
+    return [j.id for j in jobs]
+
+
+async def test_dead_letter_list_count_and_filters(backend: StorageBackend) -> None:
+    ids = await bury(
+        backend, new_job("t1", queue="a"), new_job("t2", queue="a"), new_job("t1", queue="b")
+    )
+    listed = await backend.dead_letter_list(queue=None, task=None, limit=10, offset=0)
+    assert [d.id for d in listed] == list(reversed(ids))
+    assert [d.id for d in await backend.dead_letter_list(
+        queue=None, task=None, limit=1, offset=1)] == [ids[1]]  # fmt: skip
+    assert await backend.dead_letter_count(queue="a", task=None) == 2
+    assert await backend.dead_letter_count(queue=None, task="t1") == 2
+    assert await backend.dead_letter_count(queue="a", task="t1") == 1
+    by_task = await backend.dead_letter_list(queue=None, task="t2", limit=10, offset=0)
+    assert [d.id for d in by_task] == [ids[1]]
+    assert await backend.dead_letter_get("missing") is None
+
+
+async def test_dead_letter_replay(backend: StorageBackend) -> None:
+    [dead_id] = await bury(backend, new_job(args={"x": 1}, priority=5, queue="q", max_attempts=2))
+    unknown = str(uuid.uuid4())
+    replayed = await backend.dead_letter_replay([dead_id, unknown])
+    assert list(replayed) == [dead_id]
+    new_id = replayed[dead_id]
+    assert new_id != dead_id
+    fresh = await backend.get_job(new_id)
+    assert fresh is not None
+    assert (fresh.status, fresh.attempts, fresh.max_attempts) == ("queued", 0, 2)
+    assert (fresh.args, fresh.queue, fresh.priority) == ({"x": 1}, "q", 5)
+    dead = await backend.dead_letter_get(dead_id)
+    assert dead is not None and dead.resurrection_count == 1
+    assert_utc(dead.last_replayed_at)
+    await backend.dead_letter_replay([dead_id])
+    dead = await backend.dead_letter_get(dead_id)
+    assert dead is not None and dead.resurrection_count == 2
+    claimed = await backend.claim(["q"], W1, 10)
+    assert len(claimed) == 2
+
+
+async def test_dead_letter_purge(backend: StorageBackend) -> None:
+    ids = await bury(
+        backend, new_job("t1", queue="a"), new_job("t2", queue="a"),
+        new_job("t1", queue="b"), new_job("t3", queue="c"),
+    )  # fmt: skip
+    assert await backend.dead_letter_purge(job_ids=[ids[0], "junk"], queue=None, task=None) == 1
+    assert await backend.dead_letter_purge(job_ids=None, queue="b", task=None) == 1
+    assert await backend.dead_letter_purge(job_ids=None, queue=None, task="t2") == 1
+    assert await backend.dead_letter_count(queue=None, task=None) == 1
+    assert await backend.dead_letter_purge(job_ids=None, queue=None, task=None) == 1
+    assert await backend.dead_letter_count(queue=None, task=None) == 0
+
+
+# --- schedules ---------------------------------------------------------------------
+
+
+def a_schedule(name: str = "nightly", **changes: Any) -> Schedule:
+    base: dict[str, Any] = {
+        "name": name, "job_name": "tasks.report", "args": {"full": True}, "queue": "reports",
+        "priority": 50, "cron": "0 3 * * *", "timezone": "Europe/Paris",
+        "next_run_at": datetime(2030, 1, 1, 2, 0, tzinfo=UTC),
+    }  # fmt: skip
+    base.update(changes)
+    return Schedule(**base)
+
+
+async def test_schedule_upsert_get_list(backend: StorageBackend) -> None:
+    stored = await backend.schedule_upsert(a_schedule())
+    assert (stored.name, stored.args, stored.cron, stored.status) == (
+        "nightly", {"full": True}, "0 3 * * *", "active",
+    )  # fmt: skip
+    assert stored.timezone == "Europe/Paris" and stored.every_seconds is None
+    assert stored.next_run_at == datetime(2030, 1, 1, 2, 0, tzinfo=UTC)
+    assert_utc(stored.created_at)
+    assert await backend.schedule_get("nightly") == stored
+    assert await backend.schedule_get("nope") is None
+    await backend.schedule_upsert(a_schedule("every", cron=None, every_seconds=30.0))
+    assert [s.name for s in await backend.schedule_list()] == ["every", "nightly"]
+
+
+async def test_schedule_upsert_keeps_status_last_run_and_created(backend: StorageBackend) -> None:
+    first = await backend.schedule_upsert(a_schedule())
+    due = first.next_run_at
+    assert due is not None
+    nxt = due + timedelta(days=1)
+    assert await backend.schedule_fire("nightly", due, nxt, new_job("tasks.report"))
+    assert await backend.schedule_set_status("nightly", "paused")
+    updated = await backend.schedule_upsert(
+        a_schedule(cron="0 4 * * *", args={"full": False}, status="active", next_run_at=None)
+    )
+    assert (updated.cron, updated.args, updated.next_run_at) == ("0 4 * * *", {"full": False}, None)
+    assert (updated.status, updated.last_run_at, updated.created_at) == (
+        "paused", due, first.created_at,
+    )  # fmt: skip
+
+
+async def test_schedule_status_and_delete(backend: StorageBackend) -> None:
+    await backend.schedule_upsert(a_schedule("a"))
+    await backend.schedule_upsert(a_schedule("b"))
+    assert await backend.schedule_set_status("a", "paused") is True
+    assert await backend.schedule_set_status("missing", "paused") is False
+    assert [s.name for s in await backend.schedule_list("paused")] == ["a"]
+    assert [s.name for s in await backend.schedule_list("active")] == ["b"]
+    with pytest.raises(ValueError, match="active"):
+        await backend.schedule_set_status("a", "sleeping")
+    assert await backend.schedule_delete("a") is True
+    assert await backend.schedule_delete("a") is False
+    assert [s.name for s in await backend.schedule_list()] == ["b"]
+
+
+async def test_schedule_resume_can_rearm(backend: StorageBackend) -> None:
+    await backend.schedule_upsert(a_schedule())
+    await backend.schedule_set_status("nightly", "paused")
+    rearm = datetime(2030, 6, 1, tzinfo=UTC)
+    assert await backend.schedule_set_status("nightly", "active", rearm)
+    got = await backend.schedule_get("nightly")
+    assert got is not None and (got.status, got.next_run_at) == ("active", rearm)
+
+
+# --- input rules (soniq.backends.checked): the same answer on every backend ----------
+
+
+async def test_claim_is_fifo_on_equal_priority_and_run_time(backend: StorageBackend) -> None:
+    at = now() - timedelta(seconds=5)
+    batch = [new_job(args={"n": i}, scheduled_at=at) for i in range(6)]
+    await backend.enqueue(batch)  # one statement: one now(), one scheduled_at
+    later = new_job(args={"n": 6}, scheduled_at=at)
+    await backend.enqueue([later])
+    order = [c.id for c in await backend.claim(None, W1, 3)]
+    order += [c.id for c in await backend.claim(["default", "other"], W1, 10)]
+    assert order == [j.id for j in [*batch, later]]
+
+
+async def test_empty_batches_are_no_ops(backend: StorageBackend) -> None:
+    assert await backend.enqueue([]) == []
+    await backend.ack([], result_ttl=60)
+    assert await backend.claim(None, W1, 0) == []
+    assert await backend.dead_letter_replay([]) == {}
+    assert await backend.dead_letter_purge(job_ids=[], queue=None, task=None) == 0
+    if backend.supports_transactions:
+        async with backend.acquire() as conn:
+            assert await backend.enqueue([], connection=conn) == []
+    assert await backend.list_jobs(queue=None, status=None, limit=10, offset=0) == []
+
+
+async def test_an_empty_queue_list_means_every_queue(backend: StorageBackend) -> None:
+    jobs = [new_job(queue="a"), new_job(queue="b")]
+    await backend.enqueue(jobs)
+    assert {c.id for c in await backend.claim([], W1, 10)} == {j.id for j in jobs}
+
+
+async def test_malformed_ids_match_nothing(backend: StorageBackend) -> None:
+    [dead_id] = await bury(backend, new_job())
+    junk = ["", "junk", "1234", "'; DROP TABLE soniq_jobs; --"]
+    for bad in junk:
+        assert await backend.get_job(bad) is None
+        assert await backend.dead_letter_get(bad) is None
+        assert await backend.cancel_job(bad) is False
+        assert await backend.delete_job(bad) is False
+    assert await backend.dead_letter_replay(junk) == {}
+    replayed = await backend.dead_letter_replay([*junk, dead_id.upper(), dead_id])
+    assert list(replayed) == [dead_id]  # canonical, once
+    assert await backend.dead_letter_purge(job_ids=junk, queue=None, task=None) == 0
+    assert await backend.dead_letter_purge(job_ids=[dead_id.upper()], queue=None, task=None) == 1
+
+
+async def test_negative_page_bounds_are_refused(backend: StorageBackend) -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        await backend.list_jobs(queue=None, status=None, limit=-1, offset=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        await backend.dead_letter_list(queue=None, task=None, limit=10, offset=-5)
+
+
+async def test_invalid_schedule_status_is_a_value_error(backend: StorageBackend) -> None:
+    with pytest.raises(ValueError, match="'active' or 'paused'"):
+        await backend.schedule_upsert(a_schedule(status="sleeping"))
+    assert await backend.schedule_get("nightly") is None
+    await backend.schedule_upsert(a_schedule())
+    with pytest.raises(ValueError, match="'active' or 'paused'"):
+        await backend.schedule_set_status("nightly", "PAUSED")
+    got = await backend.schedule_get("nightly")
+    assert got is not None and got.status == "active"
+
+
+async def test_naive_and_offset_times_are_stored_as_utc(backend: StorageBackend) -> None:
+    naive = datetime(2030, 1, 1, 2, 0)
+    stored = await backend.schedule_upsert(a_schedule(next_run_at=naive))
+    assert stored.next_run_at == naive.replace(tzinfo=UTC)
+    assert_utc(stored.next_run_at)
+    plus2 = timezone(timedelta(hours=2))
+    rearm = datetime(2030, 6, 1, 14, 0, tzinfo=plus2)
+    await backend.schedule_set_status("nightly", "paused")
+    assert await backend.schedule_set_status("nightly", "active", rearm.replace(tzinfo=None))
+    got = await backend.schedule_get("nightly")
+    assert got is not None and got.next_run_at == datetime(2030, 6, 1, 14, 0, tzinfo=UTC)
+    fired = new_job(scheduled_at=datetime(2031, 1, 1, 12, 0, tzinfo=plus2))
+    assert await backend.schedule_fire("nightly", datetime(2030, 6, 1, 14, 0), None, fired)
+    row = await backend.get_job(fired.id)
+    assert row is not None and row.scheduled_at == datetime(2031, 1, 1, 10, 0, tzinfo=UTC)
+    assert_utc(row.scheduled_at)
+
+
+async def test_lease_and_timeout_lengths_must_be_positive(backend: StorageBackend) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.try_lead("maintenance", W1, 0)
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        await backend.recover_stale(-1)

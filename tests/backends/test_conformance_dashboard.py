@@ -15,15 +15,8 @@ import pytest
 from soniq import Soniq
 from soniq.backends import JobCursor, JobQuery
 from soniq.job import Ack, Done, Fail, Job
-from tests.backends.test_conformance import (  # noqa: F401 - fixtures used by name
-    app_factory,
-    backend_target,
-    claim_one,
-    soniq_app,
-    tick,
-    wid,
-    worker_info,
-)
+# The app-on-each-backend fixtures (soniq_app, app_factory) come from tests/backend_apps.py.
+from tests.backends.test_conformance import claim_one, tick, wid, worker_info
 
 UTC = timezone.utc
 

@@ -1,0 +1,177 @@
+"""The input rules of the storage protocol, written once, above every backend.
+
+``make_backend`` wraps each backend in :class:`CheckedBackend`, so the app,
+the worker, the scheduler, the CLI and the dashboard all reach storage through
+it. It checks and normalises what callers pass (times to UTC, ids to their
+canonical form, empty batches, option ranges, schedule statuses) and then
+delegates. Backends may therefore assume clean input: a rule changed here
+changes for PostgreSQL, SQLite and memory at once, and the conformance suite
+pins it on all three.
+
+Verbs with nothing to check are not repeated here: ``__getattr__`` hands them
+(and backend-specific attributes such as a PostgreSQL pool) to the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from soniq.backends import StorageBackend
+from soniq.job import Ack, ClaimedJob, DeadLetterJob, Job, NewJob, Schedule
+from soniq.utils import UTC, canonical_id, canonical_ids, maybe_utc, to_utc
+
+SCHEDULE_STATUSES = ("active", "paused")
+
+
+def check_schedule_status(status: str) -> None:
+    """Reject a status the schema's CHECK constraint would refuse, before writing anything."""
+    if status not in SCHEDULE_STATUSES:
+        raise ValueError(
+            f"schedule status must be 'active' or 'paused', not {status!r}; "
+            "use app.scheduler.pause(name) / resume(name)"
+        )
+
+
+def check_page(limit: int, offset: int) -> None:
+    if limit < 0 or offset < 0:
+        raise ValueError(
+            f"limit and offset must be 0 or more (got limit={limit}, offset={offset}); "
+            "pass a non-negative page size and start"
+        )
+
+
+def check_positive(name: str, seconds: float) -> None:
+    if not seconds > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
+
+
+def _utc_job(job: NewJob) -> NewJob:
+    at = job.scheduled_at
+    if at is None or at.tzinfo is UTC:
+        return job
+    return dataclasses.replace(job, scheduled_at=to_utc(at))
+
+
+def _utc_schedule(s: Schedule) -> Schedule:
+    return dataclasses.replace(
+        s, next_run_at=maybe_utc(s.next_run_at), last_run_at=maybe_utc(s.last_run_at)
+    )
+
+
+class CheckedBackend:
+    """A ``StorageBackend`` that enforces the protocol's input rules, then delegates."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def __repr__(self) -> str:
+        return f"CheckedBackend({self.inner!r})"
+
+    # --- producing -------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if connection is not None and not self.inner.supports_transactions:
+            raise ValueError(
+                "Transactional enqueue (connection=...) requires the PostgreSQL backend; "
+                f"the {self.inner.name} backend cannot join your transaction. Enqueue without "
+                "connection=, or use a postgresql:// database_url."
+            )
+        if not jobs:
+            return []
+        return await self.inner.enqueue([_utc_job(j) for j in jobs], connection=connection)
+
+    # --- working ---------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int
+    ) -> list[ClaimedJob]:
+        """An empty queue list means every queue, as ``None`` does."""
+        if limit <= 0:
+            return []
+        names = list(dict.fromkeys(queues)) if queues else None
+        return await self.inner.claim(names, worker_id, limit)
+
+    async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
+        if acks:
+            await self.inner.ack(acks, result_ttl=max(result_ttl, 0.0))
+
+    async def recover_stale(self, heartbeat_timeout: float) -> int:
+        check_positive("heartbeat_timeout", heartbeat_timeout)
+        return await self.inner.recover_stale(heartbeat_timeout)
+
+    async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
+        check_positive("ttl", ttl)
+        return await self.inner.try_lead(role, owner, ttl)
+
+    # --- reads and management ----------------------------------------------------
+    async def get_job(self, job_id: str) -> Job | None:
+        canonical = canonical_id(job_id)
+        return await self.inner.get_job(canonical) if canonical else None
+
+    async def list_jobs(
+        self, *, queue: str | None, status: str | None, limit: int, offset: int
+    ) -> list[Job]:
+        check_page(limit, offset)
+        return await self.inner.list_jobs(queue=queue, status=status, limit=limit, offset=offset)
+
+    async def cancel_job(self, job_id: str) -> bool:
+        canonical = canonical_id(job_id)
+        return await self.inner.cancel_job(canonical) if canonical else False
+
+    async def delete_job(self, job_id: str) -> bool:
+        canonical = canonical_id(job_id)
+        return await self.inner.delete_job(canonical) if canonical else False
+
+    # --- dead letters ------------------------------------------------------------
+    async def dead_letter_list(
+        self, *, queue: str | None, task: str | None, limit: int, offset: int
+    ) -> list[DeadLetterJob]:
+        check_page(limit, offset)
+        return await self.inner.dead_letter_list(
+            queue=queue, task=task, limit=limit, offset=offset
+        )
+
+    async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
+        canonical = canonical_id(job_id)
+        return await self.inner.dead_letter_get(canonical) if canonical else None
+
+    async def dead_letter_replay(self, job_ids: Sequence[str]) -> dict[str, str]:
+        ids = canonical_ids(job_ids)
+        return await self.inner.dead_letter_replay(ids) if ids else {}
+
+    async def dead_letter_purge(
+        self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
+    ) -> int:
+        if job_ids is None:
+            return await self.inner.dead_letter_purge(job_ids=None, queue=queue, task=task)
+        ids = canonical_ids(job_ids)
+        if not ids:
+            return 0
+        return await self.inner.dead_letter_purge(job_ids=ids, queue=None, task=None)
+
+    # --- schedules ---------------------------------------------------------------
+    async def schedule_upsert(self, schedule: Schedule) -> Schedule:
+        check_schedule_status(schedule.status)
+        return await self.inner.schedule_upsert(_utc_schedule(schedule))
+
+    async def schedule_set_status(
+        self, name: str, status: str, next_run_at: datetime | None = None
+    ) -> bool:
+        check_schedule_status(status)
+        return await self.inner.schedule_set_status(name, status, maybe_utc(next_run_at))
+
+    async def schedule_fire(
+        self, name: str, due: datetime, next_run_at: datetime | None, job: NewJob
+    ) -> bool:
+        return await self.inner.schedule_fire(
+            name, to_utc(due), maybe_utc(next_run_at), _utc_job(job)
+        )
+
+
+def checked(backend: StorageBackend) -> StorageBackend:
+    """``backend`` behind the protocol's input rules (idempotent)."""
+    return backend if isinstance(backend, CheckedBackend) else CheckedBackend(backend)
