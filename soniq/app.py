@@ -21,7 +21,7 @@ from soniq.core.registry import (
     handler_signature,
 )
 from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
-from soniq.errors import ConfigurationError, JobRegistrationError
+from soniq.errors import ConfigurationError, JobRegistrationError, SchemaMissingError
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
@@ -78,7 +78,11 @@ class Soniq:
             self._init_lock, self._loop, self._initialized = asyncio.Lock(), loop, False
         async with self._init_lock:
             if not self._initialized:
-                await self.backend.open()
+                try:
+                    await self.backend.open()
+                except SchemaMissingError:
+                    # Name the database looked at and the exact command that fixes it.
+                    raise SchemaMissingError.for_database(self.database_url) from None
                 self._initialized = True
 
     async def setup(self) -> MigrationReport:

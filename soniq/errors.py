@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+
+from soniq.utils import mask_url
+
 
 class SoniqError(Exception):
     """Base class of every error Soniq raises on purpose."""
@@ -17,6 +21,25 @@ class DatabaseUnavailableError(SoniqError, ConnectionError):
 
 class SchemaMissingError(SoniqError):
     """Soniq's tables are not there: ``soniq setup`` has not been run on this database."""
+
+    @classmethod
+    def for_database(cls, database_url: str) -> SchemaMissingError:
+        """The error for ``database_url``: which database was looked at, and the fix."""
+        shown = mask_url(database_url)
+        return cls(
+            f"Soniq's tables are missing in the database {shown}: `soniq setup` has not been "
+            f"run on it. Create them once with {setup_command(database_url)}."
+        )
+
+
+def setup_command(database_url: str) -> str:
+    """How to run ``soniq setup`` on ``database_url``, ready to copy (password masked)."""
+    masked = mask_url(database_url)
+    shown = shlex.quote(masked)
+    command = f"`soniq setup --database-url {shown}` (or `SONIQ_DATABASE_URL={shown} soniq setup`)"
+    if masked != database_url:
+        command += ", with your password in place of ***"
+    return command
 
 
 class MigrationError(SoniqError):
@@ -40,7 +63,7 @@ class JobValidationError(EnqueueError):
 
 
 class SerializationError(EnqueueError, TypeError):
-    """Arguments or a result that are not JSON-serialisable."""
+    """Arguments that are not JSON-serialisable (a result that is not fails its attempt)."""
 
 
 class JobNotFoundError(SoniqError, LookupError):
@@ -48,7 +71,7 @@ class JobNotFoundError(SoniqError, LookupError):
 
 
 class JobTimeoutError(SoniqError, TimeoutError):
-    """A job attempt ran past its timeout."""
+    """A job attempt ran past its timeout; the attempt fails with this error."""
 
 
 class DiscoveryError(SoniqError):

@@ -14,8 +14,11 @@ from soniq.cli._common import (
     echo_json,
     fmt_time,
     make_table,
+    resolve_url,
     run_app,
 )
+from soniq.settings import DEFAULT_DATABASE_URL
+from soniq.utils import mask_url
 
 
 @click.command()
@@ -30,16 +33,30 @@ def setup(database_url: str | None) -> None:
 
     async def body(app: Soniq) -> None:
         io.line(f"Setting up {describe_database(app)}")
+        if app.database_url == DEFAULT_DATABASE_URL and resolve_url(database_url) is None:
+            io.warn(
+                f"no database named (no --database-url, no SONIQ_DATABASE_URL), so this sets "
+                f"up Soniq's built-in default, {DEFAULT_DATABASE_URL}. If your app uses "
+                "another database, set up that one: `soniq setup --database-url <your URL>` "
+                "(or `SONIQ_DATABASE_URL=<your URL> soniq setup`)."
+            )
         report = await app.setup()
         if report.database_created:
             io.line("Created the database.")
         for name in report.applied:
             io.line(f"Applied migration {name}")
         total = len(report.applied) + len(report.already_applied)
+        where = mask_url(app.database_url)
         if report.applied:
-            io.line(f"Schema is up to date ({len(report.applied)} applied now, {total} in total).")
+            io.line(
+                f"Schema is up to date in {where} "
+                f"({len(report.applied)} applied now, {total} in total)."
+            )
         else:
-            io.line(f"Schema is up to date; nothing to do ({total} migrations already applied).")
+            io.line(
+                f"Schema is up to date in {where}; nothing to do "
+                f"({total} migrations already applied)."
+            )
 
     run_app(io, database_app(database_url), body)
 
