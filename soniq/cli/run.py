@@ -22,7 +22,6 @@ from soniq.cli._common import (
     cli_errors,
     database_app,
     database_url_option,
-    fail,
     jobs_modules_env,
     resolve_url,
     run_app,
@@ -173,19 +172,47 @@ def _on_stop_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 @click.command()
 @database_url_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", type=int, default=6161, show_default=True, help="Port to listen on.")
-def dashboard(database_url: str | None, host: str, port: int) -> None:
-    """Serve the web dashboard (when available in this version of Soniq)."""
-    io = Io.create()
-    factory = _dashboard_factory()
-    if factory is None:
-        fail(io, "soniq dashboard is not available yet")
-        return
-    with cli_errors(io):
-        app = database_app(database_url)()
-        import uvicorn
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=6161, show_default=True, help="Port."
+)
+@jobs_modules_option
+@click.option("--read-only", is_flag=True, help="Hide and refuse every write action.")
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name browsers use to reach the dashboard (repeatable; '*' for any).",
+)
+def dashboard(
+    database_url: str | None,
+    host: str,
+    port: int,
+    jobs_modules: str | None,
+    read_only: bool,
+    allowed_hosts: tuple[str, ...],
+) -> None:
+    """Serve the web dashboard on http://127.0.0.1:6161 (see docs/dashboard.md).
 
-        uvicorn.run(factory(app), host=host, port=port)
+    Writes are allowed for callers on this machine, or anywhere with
+    SONIQ_DASHBOARD_API_KEY; SONIQ_DASHBOARD_WRITE_ENABLED=false makes it read-only.
+    """
+    io = Io.create()
+    with cli_errors(io):
+        from soniq.dashboard.serve import serve
+
+        with_modules = bool(jobs_modules or jobs_modules_env())
+        app = (
+            load_app(io, database_url, jobs_modules)
+            if with_modules
+            else database_app(database_url)()
+        )
+        configure_logging(app.settings.log_level)
+        log.info("soniq %s dashboard on http://%s:%s", soniq.__version__, host, port)
+        serve(
+            app, host=host, port=port, read_only=read_only, allowed_hosts=allowed_hosts,
+            warn=io.warn,
+        )  # fmt: skip
 
 
 def _dashboard_factory() -> Callable[[Soniq], Any] | None:

@@ -2,7 +2,7 @@
 
 ``job_page`` (keyset pages with filters and search), ``job_task_names`` and
 ``job_throughput`` behave identically on every backend; each test runs three
-times through the conformance suite's ``soniq_app`` fixture.
+times through the shared ``soniq_app`` fixture (tests/backend_apps.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from soniq import Soniq
 from soniq.backends import JobCursor, JobQuery
 from soniq.job import Ack, Done, Fail, Job
+
 # The app-on-each-backend fixtures (soniq_app, app_factory) come from tests/backend_apps.py.
 from tests.backends.test_conformance import claim_one, tick, wid, worker_info
 
@@ -22,7 +23,7 @@ UTC = timezone.utc
 
 
 @pytest.fixture
-def dash_app(soniq_app: Soniq) -> Soniq:  # noqa: F811 - the imported fixture, by name
+def dash_app(soniq_app: Soniq) -> Soniq:
     """The conformance suite's app (one per backend) with two tasks registered."""
     register(soniq_app)
     return soniq_app
