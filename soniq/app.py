@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
-
 from soniq.backends import MigrationReport, StorageBackend, make_backend
 from soniq.core.registry import (
     JobDefinition,
@@ -21,7 +19,7 @@ from soniq.core.registry import (
     handler_signature,
 )
 from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
-from soniq.errors import ConfigurationError, JobRegistrationError, SchemaMissingError
+from soniq.errors import JobRegistrationError, SchemaMissingError
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
@@ -55,7 +53,7 @@ class Soniq:
     ) -> None:
         if database_url is not None:
             settings_overrides["database_url"] = database_url
-        self.settings = _make_settings(settings_overrides)
+        self.settings = SoniqSettings(**settings_overrides)
         self.database_url = self.settings.resolved_database_url()
         self.backend: StorageBackend = make_backend(self.database_url, backend, self.settings)
         self._registry = JobRegistry()
@@ -65,6 +63,7 @@ class Soniq:
         self._initialized = False
         self._dead_letter: DeadLetterService | None = None
         self._scheduler: Scheduler | None = None
+        self._warned_unknown: set[str] = set()  # enqueue_validation='warn': once per name
 
     # --- lifecycle ---------------------------------------------------------
     async def ensure_initialized(self) -> None:
@@ -232,7 +231,9 @@ class Soniq:
         dedup_key: str | None = None,
     ) -> NewJob:
         options = EnqueueOptions(priority, queue, scheduled_at, unique, dedup_key)
-        return build_job(self._registry, self.settings, target, args, kwargs or {}, options)
+        return build_job(
+            self._registry, self.settings, target, args, kwargs or {}, options, self._warned_unknown
+        )
 
     async def enqueue(
         self,
@@ -268,7 +269,8 @@ class Soniq:
     ) -> list[str]:
         """Enqueue one job per argument dict in one round trip; same validation and dedup."""
         options = EnqueueOptions(priority, queue, scheduled_at, unique, None)
-        jobs = build_jobs(self._registry, self.settings, target, items, options)
+        warned = self._warned_unknown
+        jobs = build_jobs(self._registry, self.settings, target, items, options, warned)
         return await self._insert(jobs, connection) if jobs else []
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
@@ -362,15 +364,13 @@ class Soniq:
         queues: list[str] | None = None,
     ) -> bool:
         """Run a worker in this process (default concurrency: the ``concurrency`` setting, 4)."""
-        await self.ensure_initialized()
+        slots = self.settings.concurrency if concurrency is None else concurrency
         worker = self._make_worker()
-        return bool(
-            await worker.run(
-                concurrency=self.settings.concurrency if concurrency is None else concurrency,
-                run_once=run_once,
-                queues=queues,
-            )
-        )
+        # Before the pool opens: the worker sizes it for its concurrency (or refuses
+        # an explicit pool_max_size that is too small) while that can still apply.
+        worker._check_capacity(slots)
+        await self.ensure_initialized()
+        return bool(await worker.run(concurrency=slots, run_once=run_once, queues=queues))
 
     # --- services ----------------------------------------------------------
     @property
@@ -391,22 +391,6 @@ class Soniq:
 
     def __repr__(self) -> str:
         return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"
-
-
-def _make_settings(overrides: dict[str, Any]) -> SoniqSettings:
-    try:
-        return SoniqSettings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(f"{_setting_label(err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigurationError(f"Invalid Soniq settings: {problems}") from None
-
-
-def _setting_label(loc: tuple[Any, ...]) -> str:
-    """``concurrency (SONIQ_CONCURRENCY)`` whether the value came from a kwarg or an env alias."""
-    if not loc:
-        return "settings"
-    name = str(loc[0]).lower().removeprefix("soniq_").removeprefix("worker_")
-    return f"{name} (SONIQ_{name.upper()})"
 
 
 def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:

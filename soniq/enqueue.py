@@ -2,16 +2,20 @@
 
 All validation happens here, before anything is written: an enqueue that would
 fail on the worker fails at the producer, with a message that says how to fix it.
+The one exception is a task name this instance does not know, which the
+``enqueue_validation`` setting may let through for services that enqueue jobs
+another service runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from soniq.core.registry import JobDefinition, JobRegistry
@@ -20,8 +24,12 @@ from soniq.job import NewJob
 from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
 from soniq.task_ref import TaskRef
+from soniq.utils import to_utc as aware_utc
+from soniq.utils import utc_now
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 1000
+
+log = logging.getLogger("soniq.enqueue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +55,15 @@ def build_job(
     args: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
     options: EnqueueOptions,
+    warned: set[str] | None = None,
 ) -> NewJob:
-    """Validate one enqueue and produce the row to insert."""
-    resolved = _resolve(registry, settings, target, args, kwargs)
+    """Validate one enqueue and produce the row to insert.
+
+    ``warned`` is the caller's record of unknown task names already logged under
+    ``enqueue_validation="warn"`` (one set per ``Soniq`` instance, so the warning
+    comes once per name without any module-level state).
+    """
+    resolved = _resolve(registry, settings, target, args, kwargs, warned)
     return _make_job(resolved, settings, dict(kwargs) if args is None else dict(args), options)
 
 
@@ -59,9 +73,10 @@ def build_jobs(
     target: Any,
     items: Iterable[Mapping[str, Any]],
     options: EnqueueOptions,
+    warned: set[str] | None = None,
 ) -> list[NewJob]:
     """``build_job`` for many argument dicts of one target, resolving the target once."""
-    resolved = _resolve(registry, settings, target, None, {})
+    resolved = _resolve(registry, settings, target, None, {}, warned)
     return [_make_job(resolved, settings, dict(item), options) for item in items]
 
 
@@ -94,6 +109,7 @@ def _resolve(
     target: Any,
     args: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
+    warned: set[str] | None,
 ) -> _Target:
     if isinstance(target, TaskRef):
         _no_kwargs(kwargs, "a TaskRef")
@@ -101,8 +117,8 @@ def _resolve(
     if isinstance(target, str):
         _no_kwargs(kwargs, "a task-name string")
         definition = registry.get(target)
-        if definition is None and settings.strict_task_names:
-            raise UnknownTaskError(_unknown_task_message(registry, target))
+        if definition is None:
+            _unknown_name(registry, settings, target, warned)
         return _Target(target, definition, None)
     if callable(target):
         if args is not None and kwargs:
@@ -132,13 +148,37 @@ def _no_kwargs(kwargs: Mapping[str, Any], shape: str) -> None:
         )
 
 
+def _unknown_name(
+    registry: JobRegistry, settings: SoniqSettings, name: str, warned: set[str] | None
+) -> None:
+    """Apply ``enqueue_validation`` to a task name no ``@app.job`` registered here.
+
+    ``strict`` refuses it (a typo caught at the producer); ``warn`` and ``none``
+    write the row for a worker elsewhere that has the handler, ``warn`` logging
+    once per name so a typo still shows up without flooding the log.
+    """
+    mode = settings.enqueue_validation
+    if mode == "strict":
+        raise UnknownTaskError(_unknown_task_message(registry, name))
+    if mode == "warn" and (warned is None or name not in warned):
+        if warned is not None:
+            warned.add(name)
+        log.warning(
+            "Enqueueing unknown task name %r: no @app.job of this Soniq instance has it, so "
+            "a worker elsewhere must have it (enqueue_validation='warn'). If it is a typo, "
+            "fix the name; to silence this, set SONIQ_ENQUEUE_VALIDATION=none.",
+            name,
+        )
+
+
 def _unknown_task_message(registry: JobRegistry, name: str) -> str:
     known = registry.names()
     hint = f" Registered: {', '.join(known[:10])}." if known else " No jobs are registered."
     return (
         f"Unknown task name {name!r}.{hint} Register it with @app.job(name={name!r}), "
-        "import the module that defines it, or enqueue through a TaskRef for a task "
-        "implemented by another service."
+        "import the module that defines it, enqueue through a TaskRef for a task "
+        "implemented by another service, or set SONIQ_ENQUEUE_VALIDATION=warn (or none) "
+        "on a producer that enqueues other services' tasks by name."
     )
 
 
@@ -173,9 +213,6 @@ def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> No
         raise JobValidationError(
             f"Arguments for {name} failed validation against {model.__name__}: {exc}"
         ) from None
-
-
-# A JSON "\u0000" escape (not preceded by an escaping backslash): PostgreSQL's jsonb rejects it.
 
 
 def _dumps_args(name: str, job_args: dict[str, Any]) -> str:
@@ -241,11 +278,9 @@ def to_utc(value: datetime | float | int | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        return aware_utc(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.now(timezone.utc) + timedelta(seconds=float(value))
+        return utc_now() + timedelta(seconds=float(value))
     raise JobValidationError(
         f"scheduled_at/run_at must be a datetime or seconds from now, got {type(value).__name__}"
     )

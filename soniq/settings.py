@@ -2,17 +2,32 @@
 
 Precedence is constructor kwargs > environment > ``.env`` > default. There is
 no module-level cache: each ``Soniq`` instance builds and owns its settings.
+Every mistake (a misspelled keyword, a value out of range) is a
+``ConfigurationError`` raised here, at construction, so it surfaces where the
+instance is built rather than later in a worker.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from soniq.errors import ConfigurationError, WorkerError
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENQUEUE_VALIDATION_MODES = ("strict", "warn", "none")
+EnqueueValidation = Literal["strict", "warn", "none"]
 
 
 def _split_csv(value: Any) -> Any:
@@ -33,6 +48,8 @@ class SoniqSettings(BaseSettings):
         env_prefix="SONIQ_",
         env_file=".env",
         env_file_encoding="utf-8",
+        # Unknown SONIQ_* variables are ignored (a shared .env may hold other tools'
+        # keys); unknown *keywords* are refused in __init__, where a typo is certain.
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
@@ -63,12 +80,26 @@ class SoniqSettings(BaseSettings):
     debug: bool = False
     environment: str = "production"
     jobs_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    strict_task_names: bool = True
-    shutdown_timeout: float = Field(default=30.0, ge=0)
+    enqueue_validation: EnqueueValidation = "strict"
+    # 25 s, not 30: Kubernetes sends SIGKILL 30 s after SIGTERM by default, and the
+    # worker still has to requeue what did not finish and deregister after the grace.
+    shutdown_timeout: float = Field(default=25.0, ge=0)
     dashboard_api_key: str | None = None
     signing_key: str | None = None
 
+    _pool_max_size_explicit: bool = PrivateAttr(default=False)
     _split_queues = field_validator("queues", "jobs_modules", mode="before")(_split_csv)
+
+    def __init__(self, **values: Any) -> None:
+        _reject_unknown_keywords(values)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{_label(err['loc'])}: {err['msg']}" for err in exc.errors())
+            raise ConfigurationError(
+                f"Invalid Soniq settings: {problems}. Fix the keyword argument or the SONIQ_* "
+                "variable (environment or .env)."
+            ) from None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -80,29 +111,102 @@ class SoniqSettings(BaseSettings):
             )
         return level
 
+    @field_validator("enqueue_validation", mode="before")
+    @classmethod
+    def _normalise_validation(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_pool(self) -> SoniqSettings:
-        # Only a concurrency that was asked for is checked here: a producer-only
-        # instance with a small pool is fine. The worker re-checks the concurrency
-        # it actually runs with.
-        need = self.concurrency + self.pool_headroom
-        if "concurrency" in self.model_fields_set and self.pool_max_size < need:
-            raise ValueError(
-                f"pool_max_size ({self.pool_max_size}) must be at least concurrency "
-                f"({self.concurrency}) + pool_headroom ({self.pool_headroom}) = {need}; "
-                "raise SONIQ_POOL_MAX_SIZE or lower SONIQ_CONCURRENCY"
-            )
+        # Only min against max here. Max against concurrency is the worker's business
+        # (worker_pool_size): a producer-only process must never fail because of it.
         if "pool_min_size" in self.model_fields_set and self.pool_min_size > self.pool_max_size:
             raise ValueError(
                 f"pool_min_size ({self.pool_min_size}) is larger than pool_max_size "
-                f"({self.pool_max_size}); lower SONIQ_POOL_MIN_SIZE"
+                f"({self.pool_max_size}); lower SONIQ_POOL_MIN_SIZE or raise SONIQ_POOL_MAX_SIZE"
             )
         return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Remembered once: a worker may later grow pool_max_size on this object, and
+        # that assignment must not make the size look chosen by the user.
+        self._pool_max_size_explicit = "pool_max_size" in self.model_fields_set
 
     @property
     def effective_job_timeout(self) -> float | None:
         """``job_timeout`` with 0 meaning "no timeout"."""
         return self.job_timeout or None
 
+    @property
+    def pool_max_size_explicit(self) -> bool:
+        """Whether ``pool_max_size`` came from a kwarg, the environment or ``.env``."""
+        return self._pool_max_size_explicit
+
     def resolved_database_url(self) -> str:
         return self.database_url or DEFAULT_DATABASE_URL
+
+
+def worker_pool_size(settings: SoniqSettings, concurrency: int) -> int:
+    """The connection-pool size a worker running ``concurrency`` jobs at once needs.
+
+    The one home of the pool-size rule. Each running job may hold a connection
+    (a handler that enqueues or queries), plus ``pool_headroom`` for the worker's
+    own claim, ack and heartbeat traffic. A ``pool_max_size`` the user did not set
+    grows to fit, so ``--concurrency 64`` just works; one the user did set is a
+    cap they chose, and a cap too small for the concurrency is a ``WorkerError``
+    rather than a worker that stalls waiting for connections. Producers never call
+    this: an enqueue needs one connection at a time, whatever ``concurrency`` says.
+    """
+    need = concurrency + settings.pool_headroom
+    if not settings.pool_max_size_explicit:
+        return max(settings.pool_max_size, need)
+    if settings.pool_max_size < need:
+        raise WorkerError(
+            f"The connection pool is too small for concurrency {concurrency}: "
+            f"pool_max_size is {settings.pool_max_size}, need at least {need} "
+            f"(concurrency {concurrency} + pool_headroom {settings.pool_headroom}). "
+            f"Raise SONIQ_POOL_MAX_SIZE (pool_max_size) to {need}, unset it to let the "
+            "worker size the pool, or lower the concurrency."
+        )
+    return settings.pool_max_size
+
+
+def _reject_unknown_keywords(values: dict[str, Any]) -> None:
+    """A keyword that is no setting is a typo: say which setting was probably meant."""
+    known = _known_keywords()
+    for key in values:
+        if key in known or key.startswith("_"):  # _env_file and friends: pydantic-settings'
+            continue
+        if key == "strict_task_names":
+            raise ConfigurationError(
+                "strict_task_names was replaced by enqueue_validation. Use "
+                "enqueue_validation='none' (or 'warn') instead of strict_task_names=False; "
+                "'strict' is the default."
+            )
+        close = difflib.get_close_matches(key, SoniqSettings.model_fields, n=1)
+        if close:
+            raise ConfigurationError(
+                f"Unknown Soniq setting {key!r}; did you mean {close[0]!r}? "
+                "Fix the keyword's spelling."
+            )
+        raise ConfigurationError(
+            f"Unknown Soniq setting {key!r}. Use one of: {', '.join(SoniqSettings.model_fields)}."
+        )
+
+
+def _known_keywords() -> set[str]:
+    """Field names plus their env-style aliases (``SONIQ_CONCURRENCY=`` is accepted too)."""
+    known = set(SoniqSettings.model_fields)
+    for field in SoniqSettings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            known.update(choice for choice in alias.choices if isinstance(choice, str))
+    return known
+
+
+def _label(loc: tuple[Any, ...]) -> str:
+    """``concurrency (SONIQ_CONCURRENCY)`` whether the value came from a kwarg or an env alias."""
+    if not loc:
+        return "settings"
+    name = str(loc[0]).lower().removeprefix("soniq_").removeprefix("worker_")
+    return f"{name} (SONIQ_{name.upper()})"

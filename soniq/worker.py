@@ -38,7 +38,7 @@ from soniq.hooks import HookSet
 from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
 from soniq.retry import retry_delay_seconds
 from soniq.serialization import dumps_strict
-from soniq.settings import SoniqSettings
+from soniq.settings import SoniqSettings, worker_pool_size
 
 log = logging.getLogger("soniq.worker")
 
@@ -204,7 +204,14 @@ class Worker:
     async def _attempt(self, job: ClaimedJob) -> Outcome:
         definition = self.registry.get(job.job_name)
         if definition is None:
-            return self._failed(job, None, _unknown_task(job.job_name), None)
+            # Straight to the dead letters: another attempt here would fail the same
+            # way. Fix SONIQ_JOBS_MODULES (or the name), then replay it.
+            log.error(
+                "Job %s not registered in this worker: dead-lettered. Add its module to "
+                "SONIQ_JOBS_MODULES, then replay it from the dead letters.",
+                job.job_name,
+            )
+            return Fail(_unknown_task(job.job_name), None)
         ctx = JobContext(
             job.id, job.job_name, job.attempt, job.max_attempts, job.queue,
             self.worker_id, job.scheduled_at, job.created_at,
@@ -297,16 +304,19 @@ class Worker:
 
     # --- start, side loops, shutdown --------------------------------------
     def _check_capacity(self, concurrency: int) -> None:
+        """Size the pool for ``concurrency`` before it opens (rule: ``worker_pool_size``)."""
         if concurrency < 1:
-            raise WorkerError(f"concurrency must be at least 1, got {concurrency}")
-        need = concurrency + self.settings.pool_headroom
-        if self.backend.name == "postgres" and self.settings.pool_max_size < need:
             raise WorkerError(
-                f"The connection pool is too small for concurrency {concurrency}: "
-                f"pool_max_size is {self.settings.pool_max_size}, need at least {need} "
-                f"(concurrency + pool_headroom). Raise SONIQ_POOL_MAX_SIZE (pool_max_size) "
-                "or lower the concurrency."
+                f"concurrency must be at least 1, got {concurrency}; pass 1 or more "
+                "(--concurrency, SONIQ_CONCURRENCY)"
             )
+        if self.backend.name == "postgres":
+            size = worker_pool_size(self.settings, concurrency)
+            if size != self.settings.pool_max_size:
+                # Read by the backend when it opens the pool; a pool this instance
+                # already opened keeps its size (set pool_max_size to choose it).
+                log.info("Connection pool sized to %d for concurrency %d", size, concurrency)
+                self.settings.pool_max_size = size
 
     async def _start(
         self, concurrency: int, queues: list[str] | None, *, listen: bool
@@ -524,10 +534,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _unknown_task(name: str) -> str:
-    return (
-        f"UnknownTaskError: no handler registered for task {name!r} in this worker; "
-        "make sure SONIQ_JOBS_MODULES imports the module that defines it"
-    )
+    """The published package's words, which users' alerting may match on."""
+    return f"Job {name} not registered."
 
 
 def _dump_result(result: Any) -> str | None:

@@ -529,7 +529,7 @@ async def test_one_process_two_instances_both_stop_on_sigterm(pg_url: str, tmp_p
             [sys.executable, str(script)], env=env, stdout=out, stderr=subprocess.STDOUT,
             cwd=tmp_path,
         )  # fmt: skip
-    producer = Soniq(database_url=pg_url, strict_task_names=False, **FAST_SETTINGS)
+    producer = Soniq(database_url=pg_url, enqueue_validation="none", **FAST_SETTINGS)
     try:
         await wait_until(
             lambda: fetchval(pg_url, "SELECT count(*) = 2 FROM soniq_workers"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from soniq.errors import (
     SerializationError,
     UnknownTaskError,
 )
-from tests.helpers import wait_until
+from tests.helpers import FAST_SETTINGS, wait_until
 
 
 class EmailArgs(BaseModel):
@@ -288,13 +289,101 @@ async def test_unregistered_callable(app: Soniq, db: asyncpg.Connection) -> None
     assert await count(db) == 0
 
 
-async def test_unknown_task_allowed_when_not_strict(pg_url: str, db: asyncpg.Connection) -> None:
-    app = Soniq(pg_url, strict_task_names=False)
-    try:
+async def test_unknown_task_name_strict_is_the_default(
+    app: Soniq, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert app.settings.enqueue_validation == "strict"
+    with pytest.raises(UnknownTaskError, match="SONIQ_ENQUEUE_VALIDATION=warn"):
         await app.enqueue("elsewhere.job", args={"a": 1})
-        assert await count(db) == 1
+    with pytest.raises(UnknownTaskError):
+        await app.enqueue_many("elsewhere.job", [{"a": 1}, {"a": 2}])
+    assert await count(db) == 0
+    assert not [r for r in caplog.records if r.name == "soniq.enqueue"]
+
+
+def unknown_name_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "soniq.enqueue" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_enqueue_validation_warn_logs_once_per_name_per_instance(
+    pg_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="soniq.enqueue")
+    first = Soniq(pg_url, enqueue_validation="warn")
+    second = Soniq(pg_url, enqueue_validation="WARN")  # case does not matter
+    try:
+        await first.enqueue("billing.charge", args={"order": 1})
+        await first.enqueue("billing.charge", args={"order": 2})
+        await first.enqueue_many("billing.refund", [{"order": 3}, {"order": 4}])
+        await first.enqueue_many("billing.refund", [{"order": 5}])
+        warnings = unknown_name_warnings(caplog)
+        assert len(warnings) == 2, warnings
+        assert "'billing.charge'" in warnings[0] and "'billing.refund'" in warnings[1]
+        assert "SONIQ_ENQUEUE_VALIDATION=none" in warnings[0]  # says how to silence it
+        # The memory of warned names belongs to the instance, not to the process.
+        await second.enqueue("billing.charge", args={"order": 6})
+        assert len(unknown_name_warnings(caplog)) == 3
+        assert await count(db) == 6
+        names = await db.fetch("SELECT DISTINCT job_name FROM soniq_jobs ORDER BY 1")
+        assert [r["job_name"] for r in names] == ["billing.charge", "billing.refund"]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_enqueue_validation_none_writes_silently_and_still_checks_the_rest(
+    pg_url: str,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="soniq.enqueue")
+    monkeypatch.setenv("SONIQ_ENQUEUE_VALIDATION", "none")
+    app = Soniq(pg_url)
+    try:
+        assert app.settings.enqueue_validation == "none"
+        job_id = await app.enqueue("elsewhere.job", args={"a": 1}, queue="remote", priority=7)
+        await app.enqueue("elsewhere.job", args={"a": 2})
+        assert not [r for r in caplog.records if r.name == "soniq.enqueue"]
+        row = await db.fetchrow("SELECT * FROM soniq_jobs WHERE id = $1", uuid.UUID(job_id))
+        assert row is not None
+        assert (row["job_name"], row["queue"], row["priority"]) == ("elsewhere.job", "remote", 7)
+        assert json.loads(row["args"]) == {"a": 1}
+        # Only the name check is relaxed: bad arguments and options are still refused.
+        with pytest.raises(SerializationError):
+            await app.enqueue("elsewhere.job", args={"when": object()})
+        with pytest.raises(JobValidationError):
+            await app.enqueue("elsewhere.job", args={}, priority=0)
+        assert await count(db) == 2
     finally:
         await app.close()
+
+
+async def test_worker_dead_letters_a_name_it_does_not_have(pg_url: str) -> None:
+    """A row written by a relaxed producer reaches a worker without the handler: one claim,
+    then the dead letters, with the published package's exact words (alerts match on them)."""
+    producer = Soniq(pg_url, enqueue_validation="none", **FAST_SETTINGS)
+    consumer = Soniq(pg_url, **FAST_SETTINGS)
+
+    @consumer.job(name="something.else")
+    async def something_else() -> None: ...
+
+    try:
+        job_id = await producer.enqueue("elsewhere.job", args={"a": 1})
+        assert await consumer.run_worker(run_once=True)
+        status = await consumer.get_job_status(job_id)
+        assert status is not None and status["status"] == "dead_letter"
+        dead = await consumer.dead_letter.get(job_id)
+        assert dead is not None
+        assert dead["last_error"] == "Job elsewhere.job not registered."
+        assert dead["attempts"] == 1  # no retries spent on a job that cannot run here
+    finally:
+        await producer.close()
+        await consumer.close()
 
 
 @pytest.mark.parametrize(
@@ -305,7 +394,7 @@ async def test_unknown_task_allowed_when_not_strict(pg_url: str, db: asyncpg.Con
         {},
     ],
 )
-async def test_args_not_binding(app: Soniq, db: asyncpg.Connection, kwargs: dict[str, str]) -> None:
+async def test_args_not_binding(app: Soniq, db: asyncpg.Connection, kwargs: dict[str, Any]) -> None:
     send_email = register_send_email(app)
     with pytest.raises(JobValidationError, match=r"users\.send_email"):
         await app.enqueue(send_email, **kwargs)
@@ -415,7 +504,7 @@ async def test_enqueue_many_one_round_trip(app: Soniq, db: asyncpg.Connection) -
     async def job(n: int) -> None: ...
 
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         counting = CountingConnection(conn)
         ids = await app.enqueue_many(job, [{"n": i} for i in range(500)], connection=counting)
     assert counting.calls == ["fetch"]
@@ -475,7 +564,7 @@ async def test_enqueue_many_is_transactional(app: Soniq, db: asyncpg.Connection)
         pass
 
     with pytest.raises(Boom):
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             await app.enqueue_many(job, [{"n": 1}, {"n": 2}], connection=conn)
             raise Boom
     assert await count(db) == 0

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from soniq import Soniq
-from soniq.errors import ConfigurationError
-from soniq.settings import SoniqSettings
+from soniq.errors import ConfigurationError, WorkerError
+from soniq.settings import SoniqSettings, worker_pool_size
+from tests.helpers import FAST_SETTINGS
 
 # key -> (default, env value, parsed env value), straight from the seed's settings table.
 SEED_TABLE: dict[str, tuple[Any, str, Any]] = {
@@ -32,6 +36,14 @@ SEED_TABLE: dict[str, tuple[Any, str, Any]] = {
     "environment": ("production", "staging", "staging"),
 }
 
+# Settings beyond the seed table, documented in the README: same rules.
+OTHER_SETTINGS: dict[str, tuple[Any, str, Any]] = {
+    "enqueue_validation": ("strict", "warn", "warn"),
+    "shutdown_timeout": (25.0, "10", 10.0),
+    "jobs_modules": ([], "jobs, more.jobs", ["jobs", "more.jobs"]),
+}
+ALL_SETTINGS = {**SEED_TABLE, **OTHER_SETTINGS}
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -44,23 +56,23 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.mark.parametrize("key", sorted(SEED_TABLE))
+@pytest.mark.parametrize("key", sorted(ALL_SETTINGS))
 def test_default(key: str) -> None:
-    default = SEED_TABLE[key][0]
+    default = ALL_SETTINGS[key][0]
     value = getattr(Soniq(backend="memory").settings, key)
     assert value == default and type(value) is type(default)
 
 
-@pytest.mark.parametrize("key", sorted(SEED_TABLE))
+@pytest.mark.parametrize("key", sorted(ALL_SETTINGS))
 def test_env_var(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _, raw, parsed = SEED_TABLE[key]
+    _, raw, parsed = ALL_SETTINGS[key]
     monkeypatch.setenv(f"SONIQ_{key.upper()}", raw)
     assert getattr(Soniq(backend="memory").settings, key) == parsed
 
 
-@pytest.mark.parametrize("key", sorted(SEED_TABLE))
+@pytest.mark.parametrize("key", sorted(ALL_SETTINGS))
 def test_kwarg(key: str) -> None:
-    _, _, parsed = SEED_TABLE[key]
+    _, _, parsed = ALL_SETTINGS[key]
     assert getattr(Soniq(backend="memory", **{key: parsed}).settings, key) == parsed
 
 
@@ -123,10 +135,10 @@ def test_unprefixed_env_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({"concurrency": -1}, "concurrency"),
         ({"concurrency": 0}, "concurrency"),
-        ({"concurrency": 4, "pool_max_size": 5}, "pool_max_size"),  # < 4 + 2
         ({"pool_min_size": 25}, "pool_min_size"),  # > pool_max_size 20
-        ({"concurrency": 30}, "pool_max_size"),  # 30 + 2 > 20
         ({"log_level": "LOUD"}, "log_level"),
+        ({"enqueue_validation": "loose"}, "enqueue_validation"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout"),
         ({"priority": 0}, "priority"),
         ({"max_retries": -1}, "max_retries"),
         ({"poll_interval": 0}, "poll_interval"),
@@ -137,6 +149,9 @@ def test_invalid_values_raise_configuration_error(kwargs: dict[str, Any], named:
         Soniq(backend="memory", **kwargs)
     assert named in str(info.value)
     assert isinstance(info.value, ValueError)
+    assert str(info.value).endswith("SONIQ_* variable (environment or .env).")
+    with pytest.raises(ConfigurationError):
+        SoniqSettings(**kwargs)  # the class alone says the same thing
 
 
 def test_invalid_env_value_names_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,18 +161,6 @@ def test_invalid_env_value_names_setting(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SONIQ_CONCURRENCY", "many")
     with pytest.raises(ConfigurationError, match="concurrency"):
         Soniq(backend="memory")
-
-
-def test_pool_max_size_exactly_enough_is_fine() -> None:
-    s = Soniq(backend="memory", concurrency=10, pool_headroom=2, pool_max_size=12).settings
-    assert s.pool_max_size == 12
-
-
-def test_pool_too_small_for_env_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SONIQ_CONCURRENCY", "19")
-    with pytest.raises(ConfigurationError, match="pool_max_size"):
-        Soniq(backend="memory")
-    assert Soniq(backend="memory", pool_max_size=21).settings.concurrency == 19
 
 
 def test_log_level_case_insensitive() -> None:
@@ -182,3 +185,188 @@ def test_settings_class_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SONIQ_POLL_INTERVAL", "1.25")
     assert SoniqSettings().poll_interval == 1.25
     assert SoniqSettings(poll_interval=2).poll_interval == 2.0
+
+
+# --- misspelled keywords ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "meant"),
+    [
+        ("concurency", "concurrency"),
+        ("pool_max", "pool_max_size"),
+        ("shutdown_timout", "shutdown_timeout"),
+        ("enqueue_validaton", "enqueue_validation"),
+        ("heartbeat_intervall", "heartbeat_interval"),
+    ],
+)
+def test_misspelled_keyword_names_the_closest_setting(keyword: str, meant: str) -> None:
+    kwargs: dict[str, Any] = {keyword: 8}
+    for build in (
+        lambda: Soniq(backend="memory", **kwargs),
+        lambda: SoniqSettings(**kwargs),
+    ):
+        with pytest.raises(ConfigurationError) as info:
+            build()
+        message = str(info.value)
+        assert repr(keyword) in message and f"did you mean {meant!r}?" in message
+        assert message.endswith("Fix the keyword's spelling.")
+
+
+def test_unknown_keyword_without_a_close_match_lists_the_settings() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Soniq(backend="memory", zzz=1)
+    assert "'zzz'" in str(info.value) and "concurrency" in str(info.value)
+
+
+def test_strict_task_names_is_gone_and_says_what_replaced_it() -> None:
+    with pytest.raises(ConfigurationError, match="enqueue_validation='none'"):
+        Soniq(backend="memory", strict_task_names=False)
+
+
+def test_env_style_keywords_and_pydantic_settings_options_still_work(tmp_path: Path) -> None:
+    assert SoniqSettings(SONIQ_CONCURRENCY=3).concurrency == 3
+    env_file = tmp_path / "other.env"
+    env_file.write_text("SONIQ_PRIORITY=42\n", encoding="utf-8")
+    assert SoniqSettings(_env_file=env_file).priority == 42
+
+
+def test_unknown_soniq_variables_in_dotenv_are_ignored(tmp_path: Path) -> None:
+    """A shared .env may carry other tools' SONIQ_* keys: only keywords are checked."""
+    (tmp_path / ".env").write_text("SONIQ_SOMETHING_ELSE=1\nSONIQ_CONCURRENCY=6\n")
+    assert Soniq(backend="memory").settings.concurrency == 6
+
+
+# --- every setting is alive -------------------------------------------------------------------
+
+# Read by the user's own code by design (the seed table says so), not by Soniq.
+READ_BY_USERS = {"queues"}
+# Read by features that arrive with their module; checked once the module exists.
+READ_BY_FEATURE = {
+    "dashboard_api_key": "soniq.dashboard",
+    "signing_key": "soniq.signing",
+    "secret_key": "soniq.signing",
+    "job_logs": "soniq.logs",
+    "job_log_level": "soniq.logs",
+    "metrics_port": "soniq.metrics",
+}
+# Read through an accessor of SoniqSettings that applies its rule (0 = off, the default URL).
+ACCESSORS = {"job_timeout": "effective_job_timeout", "database_url": "resolved_database_url"}
+
+
+@pytest.mark.parametrize("field", sorted(SoniqSettings.model_fields))
+def test_every_setting_is_read_somewhere(field: str) -> None:
+    if field in READ_BY_USERS:
+        pytest.skip(f"{field} is documented as a value for the user's code")
+    feature = READ_BY_FEATURE.get(field)
+    if feature is not None and find_spec(feature) is None:
+        pytest.skip(f"{feature} does not exist yet")
+    package = Path(__file__).resolve().parents[1] / "soniq"
+    # An attribute read that is not a method call (log.debug(...) is no read of "debug")
+    # and not the class reading itself.
+    accessor = rf"|\.{ACCESSORS[field]}\b" if field in ACCESSORS else ""
+    pattern = re.compile(
+        rf"(?<!self)\.{field}\b(?!\s*\()|getattr\([^)]*[\"']{field}[\"']{accessor}"
+    )
+    readers = [
+        path.relative_to(package)
+        for path in package.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert readers, f"no module reads settings.{field}: read it where it matters, or remove it"
+
+
+def test_default_shutdown_timeout_fits_kubernetes_grace_period() -> None:
+    # Kubernetes kills a pod 30 s after SIGTERM by default; the worker needs a few seconds
+    # after the grace to requeue what is left and deregister.
+    assert SoniqSettings().shutdown_timeout <= 25
+
+
+# --- pool sizing ------------------------------------------------------------------------------
+
+
+def test_a_producer_never_fails_because_of_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Soniq(backend="memory", concurrency=500).settings.concurrency == 500
+    monkeypatch.setenv("SONIQ_CONCURRENCY", "300")
+    assert Soniq(backend="memory").settings.concurrency == 300
+    # Even an explicit small pool: only a worker needs room for its concurrency.
+    assert Soniq(backend="memory", pool_max_size=3).settings.pool_max_size == 3
+
+
+def test_worker_pool_size_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    implicit = SoniqSettings()
+    assert not implicit.pool_max_size_explicit
+    assert worker_pool_size(implicit, 4) == 20  # the default already fits
+    assert worker_pool_size(implicit, 64) == 66  # grows to concurrency + headroom
+    assert worker_pool_size(SoniqSettings(pool_headroom=5), 64) == 69
+
+    explicit = SoniqSettings(pool_max_size=30)
+    assert worker_pool_size(explicit, 28) == 30  # exactly enough is fine
+    with pytest.raises(WorkerError) as info:
+        worker_pool_size(explicit, 29)
+    message = str(info.value)
+    assert "concurrency 29" in message and "pool_max_size is 30" in message
+    assert "need at least 31" in message
+    assert message.endswith("or lower the concurrency.")
+
+    # Set through the environment or .env counts as set.
+    monkeypatch.setenv("SONIQ_POOL_MAX_SIZE", "10")
+    with pytest.raises(WorkerError, match="SONIQ_POOL_MAX_SIZE"):
+        worker_pool_size(SoniqSettings(), 9)
+    monkeypatch.delenv("SONIQ_POOL_MAX_SIZE")
+    (tmp_path / ".env").write_text("SONIQ_POOL_MAX_SIZE=10\n")
+    assert SoniqSettings().pool_max_size_explicit
+
+
+async def test_producer_with_high_concurrency_and_small_pool_enqueues(pg_url: str) -> None:
+    app = Soniq(pg_url, concurrency=200, pool_max_size=2, pool_min_size=1)
+    try:
+
+        @app.job(name="settings.noop")
+        async def noop() -> None: ...
+
+        ids = [await app.enqueue(noop) for _ in range(3)]
+        assert len(set(ids)) == 3
+    finally:
+        await app.close()
+
+
+async def test_worker_sizes_an_unset_pool_from_its_concurrency(pg_url: str) -> None:
+    """40 jobs that each hold a pooled connection at the same time: only a pool sized from
+    the concurrency (40 + 2), not the default 20, lets all of them through."""
+    app = Soniq(pg_url, **FAST_SETTINGS)
+    holding: list[int] = []
+    all_holding = asyncio.Event()
+
+    @app.job(name="settings.hold", timeout=20)
+    async def hold(n: int) -> None:
+        async with app.backend.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+            holding.append(n)
+            if len(holding) == 40:
+                all_holding.set()
+            await asyncio.wait_for(all_holding.wait(), timeout=10)
+
+    try:
+        await app.enqueue_many(hold, [{"n": n} for n in range(40)])
+        await app.close()  # the pool the producer side opened closes; the worker reopens it
+        assert await app.run_worker(concurrency=40, run_once=True)
+        assert app.settings.pool_max_size == 42
+        assert not app.settings.pool_max_size_explicit  # growing it did not make it a choice
+        stats = await app.get_queue_stats()
+        assert (stats[0]["done"], stats[0]["dead_letter"], stats[0]["queued"]) == (40, 0, 0)
+    finally:
+        await app.close()
+
+
+async def test_worker_refuses_an_explicit_pool_too_small(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SONIQ_POOL_MAX_SIZE", "10")
+    app = Soniq(pg_url, **FAST_SETTINGS)
+    try:
+        with pytest.raises(WorkerError, match=r"Raise SONIQ_POOL_MAX_SIZE \(pool_max_size\) to 22"):
+            await app.run_worker(concurrency=20, run_once=True)
+        assert await app.run_worker(concurrency=8, run_once=True) is False  # 8 + 2 fits
+    finally:
+        await app.close()

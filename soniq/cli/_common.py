@@ -22,7 +22,8 @@ from rich.table import Table
 
 from soniq.app import Soniq
 from soniq.backends import detect_backend, sqlite_path
-from soniq.errors import SoniqError
+from soniq.errors import ConfigurationError, SoniqError
+from soniq.settings import SoniqSettings
 from soniq.utils import mask_url
 
 T = TypeVar("T")
@@ -111,7 +112,11 @@ def cli_errors(io: Io) -> Iterator[None]:
 
 
 def _debug() -> bool:
-    return os.environ.get("SONIQ_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    """``SONIQ_DEBUG`` (environment or ``.env``): show the traceback of an unexpected error."""
+    try:
+        return cli_settings().debug
+    except ConfigurationError:
+        return False  # already failing; an invalid setting must not hide the first error
 
 
 def run_app(io: Io, build: Callable[[], Soniq], body: Callable[[Soniq], Awaitable[T]]) -> T:
@@ -130,7 +135,17 @@ async def _with_app(app: Soniq, body: Callable[[Soniq], Awaitable[T]]) -> T:
             await app.close()
 
 
-# --- the database URL -----------------------------------------------------------
+# --- settings and the database URL ---------------------------------------------
+def cli_settings() -> SoniqSettings:
+    """The command's own ``SONIQ_*`` settings: environment, then ``./.env``, then defaults.
+
+    Read through ``SoniqSettings`` rather than ``os.environ`` so that a ``.env`` file
+    works for the CLI exactly as it does for ``Soniq()``. Built per call, not cached:
+    there is no module-level state, and a command reads it only a few times.
+    """
+    return SoniqSettings()
+
+
 def database_url_option(func: F) -> F:
     """``--database-url``: must agree with ``SONIQ_DATABASE_URL`` when both are given."""
     option = click.option(
@@ -145,7 +160,7 @@ def database_url_option(func: F) -> F:
 
 def resolve_url(option: str | None) -> str | None:
     """The URL the user asked for: ``--database-url``, else ``SONIQ_DATABASE_URL``, else None."""
-    env = os.environ.get("SONIQ_DATABASE_URL") or None
+    env = cli_settings().database_url or None
     if option and env and not same_database(option, env):
         raise click.UsageError(
             f"--database-url ({mask_url(option)}) and SONIQ_DATABASE_URL ({mask_url(env)}) "
@@ -183,8 +198,9 @@ def canonical_url(url: str) -> tuple[str, ...]:
     )
 
 
-def jobs_modules_env() -> str | None:
-    return os.environ.get("SONIQ_JOBS_MODULES") or None
+def jobs_modules_env() -> list[str]:
+    """``SONIQ_JOBS_MODULES`` (environment or ``.env``) as a list; empty when unset."""
+    return cli_settings().jobs_modules
 
 
 def database_app(url_option: str | None) -> Callable[[], Soniq]:

@@ -50,7 +50,7 @@ def load_app(io: Io, url_option: str | None, modules_option: str | None) -> Soni
     from soniq.discovery import discover_app
 
     url = resolve_url(url_option)
-    app = discover_app(modules_option or jobs_modules_env() or "")
+    app = discover_app(modules_option or jobs_modules_env())
     if url is not None and not same_database(url, app.database_url):
         io.warn(
             f"the Soniq instance from your jobs modules uses {mask_url(app.database_url)}, "
@@ -105,7 +105,7 @@ def worker(
     slots = concurrency or app.settings.concurrency
     where = (
         f"queues={','.join(queue_list) if queue_list else 'all'} concurrency={slots} "
-        f"database={mask_url(app.database_url)}"
+        f"database={mask_url(app.database_url)} environment={app.settings.environment}"
     )
     log.info("soniq %s worker starting: %s", soniq.__version__, where)
 
@@ -135,7 +135,10 @@ def scheduler(database_url: str | None, jobs_modules: str | None, tick: float) -
     with cli_errors(io):
         app = load_app(io, database_url, jobs_modules)
     configure_logging(app.settings.log_level)
-    where = f"database={mask_url(app.database_url)} tick={tick:g}s"
+    where = (
+        f"database={mask_url(app.database_url)} tick={tick:g}s "
+        f"environment={app.settings.environment}"
+    )
     log.info("soniq %s scheduler starting: %s", soniq.__version__, where)
 
     async def body(instance: Soniq) -> None:
