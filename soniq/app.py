@@ -20,14 +20,20 @@ from soniq.core.registry import (
 )
 from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
 from soniq.errors import JobRegistrationError, SchemaMissingError
+from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
 from soniq.utils import mask_url
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from soniq.dead_letter import DeadLetterService
+    from soniq.logs import JobLogs
     from soniq.scheduler import Scheduler
+    from soniq.signing import Signing
+    from soniq.webhooks import Webhooks
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +70,9 @@ class Soniq:
         self._dead_letter: DeadLetterService | None = None
         self._scheduler: Scheduler | None = None
         self._warned_unknown: set[str] = set()  # enqueue_validation='warn': once per name
+        # The one seam webhooks, logs, metrics, tracing and signing plug into.
+        self.events = EventBus()
+        self._features: dict[str, Any] = install_default_subscribers(self)
 
     # --- lifecycle ---------------------------------------------------------
     async def ensure_initialized(self) -> None:
@@ -115,8 +124,12 @@ class Soniq:
         timeout: float | None = None,
         validate: type[Any] | None = None,
         args_model: type[Any] | None = None,
+        encrypt: bool = False,
     ) -> Callable[[F], F]:
-        """Register a function as a job. Always called with parentheses: ``@app.job()``."""
+        """Register a function as a job. Always called with parentheses: ``@app.job()``.
+
+        ``encrypt=True`` stores the job's arguments encrypted at rest (``app.signing``).
+        """
         options = dict(
             name=name, retries=_one_of("retries", retries, "max_retries", max_retries),
             priority=priority, queue=queue, unique=unique, retry_delay=retry_delay,
@@ -125,7 +138,12 @@ class Soniq:
         )  # fmt: skip
 
         def decorator(func: F) -> F:
-            self._registry.register(self._define(func, **options))
+            definition = self._define(func, **options)
+            self._registry.register(definition)
+            if encrypt:
+                from soniq.signing import encrypt_task
+
+                encrypt_task(self, definition.name)
             return func
 
         return decorator
@@ -196,7 +214,13 @@ class Soniq:
             arg_names=argument_names(signature),
         )
 
+    @property
+    def registry(self) -> JobRegistry:
+        """The jobs this instance knows (what the worker, scheduler and dashboard look up)."""
+        return self._registry
+
     def _get_job_registry(self) -> JobRegistry:
+        """The documented spelling (Hooks page) of :attr:`registry`."""
         return self._registry
 
     # --- hooks -------------------------------------------------------------
@@ -218,7 +242,7 @@ class Soniq:
         return func
 
     # --- enqueue -----------------------------------------------------------
-    def _build_job(
+    def build_job(
         self,
         target: Any,
         *,
@@ -230,6 +254,11 @@ class Soniq:
         unique: bool | None = None,
         dedup_key: str | None = None,
     ) -> NewJob:
+        """Validate an enqueue and return the row it would write, writing nothing.
+
+        The scheduler builds each run's job this way, so a schedule gets exactly
+        the checks (task name, arguments, options) an enqueue gets.
+        """
         options = EnqueueOptions(priority, queue, scheduled_at, unique, dedup_key)
         return build_job(
             self._registry, self.settings, target, args, kwargs or {}, options, self._warned_unknown
@@ -249,7 +278,7 @@ class Soniq:
         **func_kwargs: Any,
     ) -> str:
         """Enqueue one job; returns its id (or, for a duplicate, the existing job's id)."""
-        job = self._build_job(
+        job = self.build_job(
             target, args=args, kwargs=func_kwargs, priority=priority, queue=queue,
             scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
         )  # fmt: skip
@@ -281,6 +310,13 @@ class Soniq:
             )
         if connection is None:
             await self.ensure_initialized()
+        events = self.events
+        await events.refresh(self.backend)  # a read at most every few seconds
+        if events.prepare:
+            jobs = events.emit_prepare(jobs)
+        records = events.emit_enqueued(jobs) if events.enqueued else None
+        if records:  # written in the same transaction as the jobs
+            return await self.backend.enqueue_observed(jobs, records, connection=connection)
         return await self.backend.enqueue(jobs, connection=connection)
 
     async def schedule(
@@ -318,7 +354,10 @@ class Soniq:
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a queued job. A job already running is not interrupted (returns False)."""
         await self.ensure_initialized()
-        return await self.backend.cancel_job(str(job_id))
+        cancelled = await self.backend.cancel_job(str(job_id))
+        if cancelled:
+            await emit_changes(self, "job.cancelled", {str(job_id): None})
+        return cancelled
 
     async def delete_job(self, job_id: str) -> bool:
         await self.ensure_initialized()
@@ -354,7 +393,7 @@ class Soniq:
 
         return Worker(
             backend=self.backend, registry=self._registry, settings=self.settings,
-            hooks=self.hooks,
+            hooks=self.hooks, events=self.events,
         )  # fmt: skip
 
     async def run_worker(
@@ -388,6 +427,35 @@ class Soniq:
 
             self._scheduler = Scheduler(self)
         return self._scheduler
+
+    # --- observability (soniq/events.py): thin delegates to the features ---------
+    @property
+    def webhooks(self) -> Webhooks:
+        """Outbound webhooks for job events: ``await app.webhooks.register(url)``."""
+        from soniq.webhooks import Webhooks
+
+        return feature(self, "webhooks", lambda: Webhooks(self, self._features["outbox"]))
+
+    @property
+    def signing(self) -> Signing:
+        """Encryption and signatures (``SONIQ_SIGNING_KEY``): ``await app.signing.encrypt(s)``."""
+        from soniq.signing import Signing
+
+        return feature(self, "signing", lambda: Signing(self.settings))
+
+    @property
+    def logs(self) -> JobLogs:
+        """What jobs logged: ``await app.logs.search_logs("timeout")``."""
+        from soniq.logs import JobLogs
+
+        return feature(self, "logs", lambda: JobLogs(self))
+
+    @property
+    def metrics(self) -> CollectorRegistry:
+        """This instance's Prometheus registry (``prometheus_client.CollectorRegistry``)."""
+        from soniq.metrics import JobMetrics
+
+        return feature(self, "metrics", lambda: self.events.subscribe(JobMetrics())).registry
 
     def __repr__(self) -> str:
         return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"

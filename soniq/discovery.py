@@ -22,6 +22,7 @@ from pathlib import Path
 
 from soniq.app import Soniq
 from soniq.errors import DiscoveryError
+from soniq.utils import split_csv
 
 MAX_TRACEBACK_FRAMES = 6
 """Frames of an import traceback shown: the innermost, where the user's bug is."""
@@ -31,7 +32,7 @@ def parse_modules(value: str | Sequence[str] | None) -> list[str]:
     """``"a, b,,c"`` → ``["a", "b", "c"]``; a list passes through, stripped."""
     if value is None:
         return []
-    parts = value.split(",") if isinstance(value, str) else list(value)
+    parts: list[str] = split_csv(value) if isinstance(value, str) else list(value)
     return [p.strip() for p in parts if p and p.strip()]
 
 
@@ -53,7 +54,7 @@ def discover_app(modules: str | Sequence[str], *, cwd: str | None = None) -> Son
     empty: list[str] = []
     for name in names:
         for label, instance in _instances(import_module(name)):
-            if len(instance._get_job_registry()) == 0:
+            if len(instance.registry) == 0:
                 empty.append(label)
             else:
                 found.setdefault(id(instance), (label, instance))
@@ -146,7 +147,7 @@ def _pick(names: list[str], found: list[tuple[str, Soniq]], empty: list[str]) ->
             "@app.job() functions."
         )
     listed = "; ".join(
-        f"{label} ({len(app._get_job_registry())} jobs, {app!r})" for label, app in found
+        f"{label} ({len(app.registry)} jobs, {app!r})" for label, app in found
     )
     raise DiscoveryError(
         f"Found {len(found)} Soniq instances with registered jobs in {modules}: {listed}. "

@@ -29,13 +29,14 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from soniq.errors import ConfigurationError, SoniqError
 from soniq.job import NewJob, Schedule
 from soniq.schedules import next_run, normalize_schedule, zone
 from soniq.task_ref import TaskRef, task_ref
+from soniq.utils import to_utc, utc_now
 
 if TYPE_CHECKING:
     from soniq.app import Soniq
@@ -45,10 +46,6 @@ log = logging.getLogger("soniq.scheduler")
 Clock = Callable[[], datetime]
 LEADER_ROLE = "scheduler"
 STATUSES = ("active", "paused")
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Scheduler:
@@ -107,7 +104,7 @@ class Scheduler:
             timezone=timezone,
         )  # fmt: skip
         await self.app.ensure_initialized()
-        return await store_schedule(self.app, schedule, _as_utc(self._clock()))
+        return await store_schedule(self.app, schedule, to_utc(self._clock()))
 
     async def pause(self, name: str) -> bool:
         """Stop firing ``name`` until resumed; ``False`` if there is no such schedule.
@@ -183,7 +180,7 @@ class Scheduler:
             raise TypeError("scheduler.add() needs a target (function, task name) or name=")
         if args is not None and not isinstance(args, dict):
             raise TypeError(f"args= must be a dict of the job's arguments, got {type(args)}")
-        return self.app._build_job(
+        return self.app.build_job(
             name if target is None else target, args=args or {}, queue=queue, priority=priority
         )
 
@@ -231,7 +228,7 @@ async def sync_periodic(app: Soniq, *, now: datetime | None = None) -> list[Sche
     await app.ensure_initialized()
     now = now or utc_now()
     stored = []
-    for definition in app._get_job_registry().definitions():
+    for definition in app.registry.definitions():
         if definition.periodic:
             schedule = _periodic_schedule(app, definition.name, definition.periodic)
             stored.append(await store_schedule(app, schedule, now))
@@ -244,7 +241,7 @@ def _periodic_schedule(app: Soniq, task: str, periodic: dict[str, Any]) -> Sched
     )
     args = dict(periodic.get("args") or {})
     queue, priority = periodic.get("queue"), periodic.get("priority")
-    app._build_job(task, args=args, queue=queue, priority=priority)
+    app.build_job(task, args=args, queue=queue, priority=priority)
     tz = str(periodic.get("timezone") or "UTC")
     zone(tz)
     return Schedule(
@@ -300,7 +297,7 @@ class SchedulerRunner:
     async def tick_once(self, now: datetime | None = None) -> int:
         """Fire every due active schedule if this runner leads; returns how many fired."""
         await self.app.ensure_initialized()
-        now = _as_utc(now or self._clock())
+        now = to_utc(now or self._clock())
         backend = self.app.backend
         leading = await backend.try_lead(LEADER_ROLE, self.owner_id, self.lease_ttl)
         self._note_leadership(leading)
@@ -332,12 +329,12 @@ class SchedulerRunner:
 
     def _job_for(self, schedule: Schedule, due: datetime) -> NewJob:
         """The job of one run; the dedup key makes a run at most one queued job."""
-        registry = self.app._get_job_registry()
+        registry = self.app.registry
         # A task this process does not import (another service's) is enqueued by name.
         target: Any = schedule.job_name
         if schedule.job_name not in registry:
             target = task_ref(schedule.job_name)
-        return self.app._build_job(
+        return self.app.build_job(
             target, args=schedule.args, queue=schedule.queue, priority=schedule.priority,
             dedup_key=f"schedule:{schedule.name}:{due.isoformat()}",
         )  # fmt: skip
@@ -378,13 +375,6 @@ def following_run(schedule: Schedule, due: datetime, now: datetime) -> datetime:
 def default_owner_id() -> str:
     """Unique per process and instance: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _as_utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, as everywhere in Soniq."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterError, croniter
 
 from soniq.errors import ConfigurationError
+from soniq.utils import to_utc
 
 _WEEKDAYS = MappingProxyType({
     "sunday": 0, "monday": 1, "tuesday": 2, "wednesday": 3,
@@ -305,7 +306,7 @@ def next_run(
         next_run("0 9 * * *", None, datetime(2024, 1, 1, 10, tzinfo=timezone.utc))
         # datetime(2024, 1, 2, 9, 0, tzinfo=timezone.utc)
     """
-    after = _aware_utc(after)
+    after = to_utc(after)
     if (cron is None) == (every_seconds is None):
         raise ConfigurationError("next_run() needs exactly one of a cron expression or an interval")
     if every_seconds is not None:
@@ -340,12 +341,6 @@ def _next_cron(expression: str, after: datetime, tz: ZoneInfo) -> datetime:
 def _is_repeat(local: datetime) -> bool:
     """The wall-clock time already happened once, earlier, in the hour DST repeats."""
     return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
-
-
-def _aware_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 def _every_seconds(every: Any) -> float:

@@ -23,17 +23,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from soniq.errors import ConfigurationError, WorkerError
+from soniq.utils import split_csv
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENQUEUE_VALIDATION_MODES = ("strict", "warn", "none")
 EnqueueValidation = Literal["strict", "warn", "none"]
-
-
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class SoniqSettings(BaseSettings):
@@ -86,9 +81,15 @@ class SoniqSettings(BaseSettings):
     shutdown_timeout: float = Field(default=25.0, ge=0)
     dashboard_api_key: str | None = None
     signing_key: str | None = None
+    # Observability (soniq/signing.py, logs.py, metrics.py): SONIQ_SECRET_KEY is the
+    # published package's name for the signing key, read when signing_key is unset.
+    secret_key: str | None = None
+    job_logs: bool = True
+    job_log_level: str = "INFO"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     _pool_max_size_explicit: bool = PrivateAttr(default=False)
-    _split_queues = field_validator("queues", "jobs_modules", mode="before")(_split_csv)
+    _split_queues = field_validator("queues", "jobs_modules", mode="before")(split_csv)
 
     def __init__(self, **values: Any) -> None:
         _reject_unknown_keywords(values)

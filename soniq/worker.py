@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -32,8 +33,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from soniq.backends import Listener, StorageBackend
+from soniq.backends.checked import checked
 from soniq.core.registry import JobDefinition, JobRegistry
 from soniq.errors import JobTimeoutError, WorkerError
+from soniq.events import META_KEY, EventBus, Record
 from soniq.hooks import HookSet
 from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
 from soniq.retry import retry_delay_seconds
@@ -74,7 +77,7 @@ class Worker:
 
     Example::
 
-        worker = Worker(backend=app.backend, registry=app._get_job_registry())
+        worker = Worker(backend=app.backend, registry=app.registry)
         await worker.run_once(queues=["emails"], max_jobs=10)
     """
 
@@ -84,11 +87,13 @@ class Worker:
         registry: JobRegistry,
         settings: SoniqSettings | None = None,
         hooks: dict[str, list[Callable[..., Any]]] | HookSet | None = None,
+        events: EventBus | None = None,
     ) -> None:
-        self.backend = backend
+        self.backend = checked(backend)  # a raw backend gets the input rules too
         self.registry = registry
         self.settings = settings if settings is not None else SoniqSettings()
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet.from_dict(hooks)
+        self.events = events if events is not None else EventBus()  # features' one seam
         self.worker_id = str(uuid.uuid4())
         self._timeout_default = self.settings.effective_job_timeout
         self._reset_state()
@@ -103,6 +108,7 @@ class Worker:
         self._force = False
         self._processed = 0
         self._listener: Listener | None = None
+        self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
 
     # --- entry points ------------------------------------------------------
     async def run(
@@ -188,13 +194,32 @@ class Worker:
 
     # --- one attempt -------------------------------------------------------
     async def _execute(self, job: ClaimedJob) -> None:
-        """Run one attempt and buffer its outcome; a cancelled attempt is requeued unspent."""
+        """Run one attempt and buffer its outcome; a cancelled attempt is requeued unspent.
+
+        Lifecycle events are emitted here, in the job's own task, and only when a
+        feature subscribed to them (an empty list check otherwise).
+        """
+        events = self.events
+        if events.started:
+            self._note(events.emit_started(job))
+        began = time.perf_counter()
         try:
             outcome = await self._attempt(job)
         except asyncio.CancelledError:
-            self._push(Ack(job, Requeue()))
+            self._finish(job, Requeue(), began)
             raise
+        self._finish(job, outcome, began)
+
+    def _finish(self, job: ClaimedJob, outcome: Outcome, began: float) -> None:
+        events = self.events
+        if events.finished:  # records and ack land in the same batch: one transaction
+            self._note(events.emit_finished(job, outcome, time.perf_counter() - began))
         self._push(Ack(job, outcome))
+
+    def _note(self, records: list[Record]) -> None:
+        if records:
+            self._records.extend(records)
+            self._acks_ready.set()
 
     def _push(self, ack: Ack) -> None:
         self._acks.append(ack)
@@ -234,6 +259,8 @@ class Worker:
         self, definition: JobDefinition, job: ClaimedJob, ctx: JobContext
     ) -> str | None:
         kwargs = job.args
+        if META_KEY in kwargs:  # trace context or sealed arguments: not the handler's
+            kwargs = self._open_args(kwargs)
         if definition.context_param is not None:
             kwargs = {**kwargs, definition.context_param: ctx}
         timeout = definition.timeout if definition.timeout is not None else self._timeout_default
@@ -257,6 +284,12 @@ class Worker:
             if deadline is not None:
                 deadline.handle.cancel()
         return _dump_result(result)
+
+    def _open_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.events.open_args(args)
+        except Exception as exc:  # noqa: BLE001 - e.g. no key to open sealed arguments
+            raise _Attempt(_describe(exc), None, exc) from None
 
     def _invoke(self, definition: JobDefinition, kwargs: dict[str, Any]) -> Awaitable[Any]:
         if definition.is_async:
@@ -286,21 +319,32 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._acks:
+        while self._acks or self._records:
             batch, self._acks = self._acks, []
+            records, self._records = self._records, []
             try:
-                await self.backend.ack(batch, result_ttl=self.settings.result_ttl)
+                await self._write(batch, records)
                 self._unwritten -= len(batch)
                 self._wake.set()
             except asyncio.CancelledError:
                 # Shutdown cancels the ack loop, possibly mid-write: keep the batch so
                 # the final flush writes it (acks are idempotent thanks to the lease).
                 self._acks[:0] = batch
+                self._records[:0] = records
                 raise
             except Exception as exc:  # noqa: BLE001 - keep the outcomes, try again
                 self._acks[:0] = batch
                 log.error("Recording %d job outcomes failed (%s); retrying", len(batch), exc)
+                if records:  # a feature's rows never hold outcomes back: next try without
+                    log.error("Dropped %d webhook/log records with that batch", len(records))
                 await asyncio.sleep(self.settings.error_retry_delay)
+
+    async def _write(self, batch: list[Ack], records: list[Record]) -> None:
+        ttl = self.settings.result_ttl
+        if records:
+            await self.backend.ack_observed(batch, records, result_ttl=ttl)
+        else:
+            await self.backend.ack(batch, result_ttl=ttl)
 
     # --- start, side loops, shutdown --------------------------------------
     def _check_capacity(self, concurrency: int) -> None:
@@ -341,6 +385,7 @@ class Worker:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="soniq-maintenance"))
         if listener is not None:
             tasks.append(asyncio.create_task(self._relisten_loop(queues), name="soniq-relisten"))
+        tasks += await self.events.start_loops(self.backend, self.settings)
         return tasks
 
     def _on_notify(self, queues: list[str] | None) -> Callable[[str], None]:
@@ -517,9 +562,11 @@ def _in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
         else:
             future.set_result(result)
 
+    context = contextvars.copy_context()  # the job's log capture and trace span go along
+
     def target() -> None:
         try:
-            result, error = call(), None
+            result, error = context.run(call), None
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             result, error = None, exc
         with contextlib.suppress(RuntimeError):  # loop closed while the job ran: nobody waits

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -59,7 +60,9 @@ def test_explicit_backends(no_soniq_env: None) -> None:
     assert Soniq("postgresql://h/db", backend="memory").backend.name == "memory"
     assert Soniq("x.db", backend="postgres").backend.name == "postgres"
     instance = MemoryBackend(Soniq(backend="memory").settings)
-    assert Soniq(backend=instance).backend is instance
+    wrapped = Soniq(backend=instance).backend
+    assert wrapped.inner is instance  # type: ignore[attr-defined]  # behind the input rules
+    assert wrapped.name == "memory"
     with pytest.raises(ValueError, match="Unknown backend"):
         Soniq(backend="mongodb")
 
@@ -130,12 +133,12 @@ async def test_async_with_closes(pg_url: str) -> None:
 
 async def test_backend_acquire(app: Soniq) -> None:
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         assert isinstance(conn, asyncpg.Connection)
         assert await conn.fetchval("SELECT count(*) FROM soniq_jobs") == 0
     # acquire() also opens the pool lazily.
     await app.close()
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         assert await conn.fetchval("SELECT 1") == 1
 
 
@@ -253,7 +256,7 @@ async def test_setup_creates_database_and_is_idempotent(empty_pg_url: str) -> No
 
     job_id = await app.enqueue(noop)
     assert (await app.get_job(job_id))["status"] == "queued"  # type: ignore[index]
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         recorded = await conn.fetch("SELECT name FROM soniq_migrations ORDER BY name")
     assert [r["name"] for r in recorded] == names
     await app.close()
@@ -274,7 +277,7 @@ SETUP_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_setups(url: str, count: int) -> list[dict[str, object]]:
+def _run_setups(url: str, count: int) -> list[dict[str, Any]]:
     import json
 
     procs = [

@@ -1,8 +1,7 @@
-"""Pure helpers shared by the embedded backends (memory and SQLite).
+"""Helpers shared by the backend implementations (input rules are in ``checked``).
 
-Only logic that is genuinely identical in both lives here: time and id
-normalisation, the transactional-enqueue refusal, queue-stats folding and the
-in-process wake-up of workers that share the producer's process.
+Queue-stats folding, the lost-worker error text, and the in-process wake-up of
+workers that share the producer's process (SQLite and memory have no NOTIFY).
 """
 
 from __future__ import annotations
@@ -10,62 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timezone
 from typing import Any
 
 from soniq.job import QueueStats
+from soniq.utils import canonical_id
 
 log = logging.getLogger("soniq.backends")
 
-UTC = timezone.utc
-LIVE_STATUSES = ("queued", "processing")
 STATUS_KEYS = ("queued", "processing", "done", "cancelled", "dead_letter")
-SCHEDULE_STATUSES = ("active", "paused")
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_utc(value: datetime) -> datetime:
-    """Aware datetimes are converted to UTC; naive ones are taken as UTC (as documented)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def maybe_utc(value: datetime | None) -> datetime | None:
-    return to_utc(value) if value is not None else None
+# The ``last_error`` of a job whose worker disappeared, as a printf/format()
+# template (worker id, attempt) that each dialect's recovery statement fills in.
+LOST_WORKER_ERROR = "worker %s was lost while running attempt %s"
 
 
 def normalize_id(value: str) -> str:
-    """The canonical form of a UUID string, so ``ABC…`` finds ``abc…`` as on PostgreSQL.
-
-    Ids come from users and URLs: anything that is not a UUID is returned
-    unchanged and simply matches nothing.
-    """
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return str(value)
-
-
-def lost_worker_error(worker_id: str | None, attempt: int) -> str:
-    """The ``last_error`` of a job whose worker disappeared (same text on every backend)."""
-    return f"worker {worker_id or '?'} was lost while running attempt {attempt}"
-
-
-def reject_connection(connection: Any, backend_name: str) -> None:
-    """Refuse ``enqueue(..., connection=...)``: only PostgreSQL joins the caller's transaction."""
-    if connection is not None:
-        raise ValueError(
-            "Transactional enqueue (connection=...) requires the PostgreSQL backend; "
-            f"the {backend_name} backend cannot join your transaction. Enqueue without "
-            "connection=, or use a postgresql:// database_url."
-        )
+    """The canonical form of a UUID string, or the value unchanged (then it matches nothing)."""
+    return canonical_id(value) or str(value)
 
 
 def no_connections(backend_name: str) -> AbstractAsyncContextManager[Any]:
@@ -74,12 +36,6 @@ def no_connections(backend_name: str) -> AbstractAsyncContextManager[Any]:
         f"backend.acquire() lends a PostgreSQL connection for transactional enqueue; the "
         f"{backend_name} backend has none. Use a postgresql:// database_url for that pattern."
     )
-
-
-def check_schedule_status(status: str) -> None:
-    """Reject a status the schema's CHECK constraint would refuse, before writing anything."""
-    if status not in SCHEDULE_STATUSES:
-        raise ValueError(f"schedule status must be 'active' or 'paused', not {status!r}")
 
 
 def build_queue_stats(rows: Iterable[tuple[str, str, int]]) -> list[QueueStats]:

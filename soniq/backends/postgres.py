@@ -25,7 +25,7 @@ from soniq.backends import (
     MigrationReport,
     ThroughputBucket,
 )
-from soniq.backends._common import build_queue_stats
+from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.backends.migrations_pg import apply_migrations, migration_status, unavailable
 from soniq.errors import SchemaMissingError
@@ -251,7 +251,7 @@ class PostgresBackend:
     async def recover_stale(self, heartbeat_timeout: float) -> int:
         async with self.pool.acquire() as conn:
             await conn.execute(q.WORKER_DELETE_STALE, float(heartbeat_timeout))
-            row = await conn.fetchrow(q.JOB_RECOVER_ORPHANS)
+            row = await conn.fetchrow(q.JOB_RECOVER_ORPHANS, LOST_WORKER_ERROR)
         return int(row[0])
 
     async def prune(self) -> int:
@@ -388,7 +388,6 @@ class PostgresBackend:
         rows = await self.pool.fetch(q.JOB_THROUGHPUT, since, float(bucket_seconds))
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
 
-
     # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
@@ -440,9 +439,7 @@ class PostgresBackend:
     async def webhook_remove(self, webhook_id: str) -> bool:
         return bool(await self.pool.execute(q.WEBHOOK_DELETE, webhook_id) == "DELETE 1")
 
-    async def webhook_deliveries(
-        self, webhook_id: str | None, limit: int
-    ) -> list[WebhookDelivery]:
+    async def webhook_deliveries(self, webhook_id: str | None, limit: int) -> list[WebhookDelivery]:
         rows = await self.pool.fetch(q.WEBHOOK_DELIVERIES, webhook_id, limit)
         return [_delivery(r) for r in rows]
 
@@ -475,6 +472,7 @@ class PostgresBackend:
 
     async def queue_oldest(self) -> dict[str, float]:
         return {r[0]: float(r[1]) for r in await self.pool.fetch(q.QUEUE_OLDEST)}
+
 
 async def _keep_session(conn: Any) -> None:
     """Pool reset hook: Soniq's own statements leave no session state behind.

@@ -40,13 +40,11 @@ from soniq.backends import (
     ThroughputBucket,
 )
 from soniq.backends._common import (
-    UTC,
+    LOST_WORKER_ERROR,
     InProcessListeners,
     build_queue_stats,
     no_connections,
     normalize_id,
-    to_utc,
-    utc_now,
 )
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.errors import DatabaseUnavailableError, MigrationError
@@ -78,6 +76,7 @@ from soniq.job import (
 )
 from soniq.sql import migration_files as packaged_migrations
 from soniq.sql import sqlite_queries as q
+from soniq.utils import UTC, to_utc, utc_now
 
 if TYPE_CHECKING:
     from soniq.settings import SoniqSettings
@@ -362,7 +361,7 @@ class SQLiteBackend:
     async def recover_stale(self, heartbeat_timeout: float) -> int:
         now = utc_now()
         cutoff = _us(now - timedelta(seconds=heartbeat_timeout))
-        stamp = {"now": _us(now)}
+        stamp = {"now": _us(now), "lost_error": LOST_WORKER_ERROR}
         async with self._write() as conn:
             await conn.execute(q.WORKER_DELETE_STALE, {"cutoff": cutoff})
             requeued = list(await conn.execute_fetchall(q.JOB_RECOVER_REQUEUE, stamp))
@@ -520,7 +519,6 @@ class SQLiteBackend:
         rows = await self._fetch(q.JOB_THROUGHPUT, params)
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
 
-
     # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
@@ -567,9 +565,7 @@ class SQLiteBackend:
             await conn.execute(q.WEBHOOK_DELETE_DELIVERIES, {"id": webhook_id})
             return await _changes(conn, q.WEBHOOK_DELETE, {"id": webhook_id}) > 0
 
-    async def webhook_deliveries(
-        self, webhook_id: str | None, limit: int
-    ) -> list[WebhookDelivery]:
+    async def webhook_deliveries(self, webhook_id: str | None, limit: int) -> list[WebhookDelivery]:
         params = {"webhook_id": webhook_id, "limit": limit}
         return [_delivery(r) for r in await self._fetch(q.WEBHOOK_DELIVERIES, params)]
 
@@ -619,6 +615,7 @@ class SQLiteBackend:
         now = utc_now()
         rows = await self._fetch(q.QUEUE_OLDEST, {"now": _us(now)})
         return {r[0]: (now - (_dt(r[1]) or now)).total_seconds() for r in rows}
+
 
 # --- statements on an open transaction ------------------------------------------
 

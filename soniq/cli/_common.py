@@ -20,11 +20,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from soniq import utils
 from soniq.app import Soniq
 from soniq.backends import detect_backend, sqlite_path
 from soniq.errors import ConfigurationError, SoniqError
 from soniq.settings import SoniqSettings
-from soniq.utils import mask_url
+from soniq.utils import mask_url, utc_now
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -228,10 +229,6 @@ def describe_database(app: Soniq) -> str:
 
 
 # --- formatting -----------------------------------------------------------------
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def fmt_time(value: datetime | None) -> str:
     if value is None:
         return "-"
@@ -260,7 +257,5 @@ def fmt_ago(value: datetime | None, now: datetime | None = None) -> str:
 
 
 def split_csv(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    return parts or None
+    """A comma-separated CLI option as a list; ``None`` when it names nothing."""
+    return utils.split_csv(value) or None if value else None

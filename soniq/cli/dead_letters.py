@@ -23,10 +23,10 @@ from soniq.cli._common import (
     fmt_time,
     make_table,
     run_app,
-    utc_now,
 )
 from soniq.dead_letter import chunks
 from soniq.errors import JobNotFoundError
+from soniq.utils import utc_now
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 queue_option = click.option("--queue", default=None, help="Only dead letters of this queue.")

@@ -24,9 +24,9 @@ from soniq.cli._common import (
     fmt_time,
     make_table,
     run_app,
-    utc_now,
 )
 from soniq.job import Schedule, WorkerInfo
+from soniq.utils import utc_now
 
 STAT_KEYS = ("queued", "processing", "done", "dead_letter", "cancelled", "total")
 

@@ -160,7 +160,8 @@ DELETE FROM soniq_workers WHERE last_heartbeat < now() - make_interval(secs => $
 
 # Jobs held by no registered worker (its row was removed as stale, or it crashed
 # before ever heartbeating) go back to the queue, or to the dead-letter table
-# when the lost attempt was their last.
+# when the lost attempt was their last. $1 is the error text's template
+# (soniq.backends._common.LOST_WORKER_ERROR, shared with SQLite).
 JOB_RECOVER_ORPHANS = (
     """
 WITH lost AS (
@@ -172,8 +173,7 @@ WITH lost AS (
     UPDATE soniq_jobs j
     SET status = 'queued', scheduled_at = now(), worker_id = NULL, lease = NULL,
         updated_at = now(),
-        last_error = 'worker ' || coalesce(j.worker_id::text, '?')
-                     || ' was lost while running attempt ' || j.attempts
+        last_error = format($1::text, coalesce(j.worker_id::text, '?'), j.attempts)
     FROM lost
     WHERE j.id = lost.id AND j.attempts < j.max_attempts
     RETURNING j.queue
@@ -182,8 +182,7 @@ WITH lost AS (
     WHERE j.id = lost.id AND j.attempts >= j.max_attempts
     RETURNING j.id, j.job_name, j.args, j.queue, j.priority, j.attempts, j.max_attempts,
               j.created_at,
-              'worker ' || coalesce(j.worker_id::text, '?')
-              || ' was lost while running attempt ' || j.attempts AS error,
+              format($1::text, coalesce(j.worker_id::text, '?'), j.attempts) AS error,
               NULL::text AS tb
 ), dead AS (
 """

@@ -168,9 +168,8 @@ _ORPHAN = """
 status = 'processing'
 AND NOT EXISTS (SELECT 1 FROM soniq_workers w WHERE w.id = soniq_jobs.worker_id)
 """
-_LOST_ERROR = (
-    "'worker ' || coalesce(worker_id, '?') || ' was lost while running attempt ' || attempts"
-)
+# :lost_error is the text's template (soniq.backends._common.LOST_WORKER_ERROR).
+_LOST_ERROR = "printf(:lost_error, coalesce(worker_id, '?'), attempts)"
 JOB_RECOVER_REQUEUE = f"""
 UPDATE soniq_jobs
 SET status = 'queued', scheduled_at = :now, worker_id = NULL, lease = NULL,
