@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from soniq.errors import JobNotFoundError
+from soniq.events import emit_changes
 
 if TYPE_CHECKING:
     from soniq.app import Soniq
@@ -105,6 +106,8 @@ class DeadLetterService:
         replayed: dict[str, str] = {}
         for chunk in chunks(job_ids):
             replayed.update(await self.app.backend.dead_letter_replay(chunk))
+        resurrected = {new: {"replayed_from": dead} for dead, new in replayed.items()}
+        await emit_changes(self.app, "job.resurrected", resurrected)  # webhooks (soniq.events)
         return replayed
 
     async def bulk_replay(

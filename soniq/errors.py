@@ -82,6 +82,19 @@ class WorkerError(SoniqError):
     """A worker cannot start (for example, its pool is too small for its concurrency)."""
 
 
+
+class SigningError(SoniqError, ValueError):
+    """A token or signature failed authentication (tampered, or made with an unknown key)."""
+
+
+class WebhookError(SoniqError, ValueError):
+    """A webhook registration was refused (bad URL, unknown event, private target)."""
+
+
+class MissingExtraError(SoniqError, ImportError):
+    """An optional dependency of a feature is not installed; the message names the extra."""
+
+
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
@@ -92,9 +105,12 @@ __all__ = [
     "JobTimeoutError",
     "JobValidationError",
     "MigrationError",
+    "MissingExtraError",
     "SchemaMissingError",
     "SerializationError",
+    "SigningError",
     "SoniqError",
     "UnknownTaskError",
+    "WebhookError",
     "WorkerError",
 ]

@@ -231,9 +231,7 @@ class StorageBackend(Protocol):
     async def webhook_remove(self, webhook_id: str) -> bool:
         """Delete the endpoint and its deliveries; ``False`` if unknown."""
 
-    async def webhook_deliveries(
-        self, webhook_id: str | None, limit: int
-    ) -> list[WebhookDelivery]:
+    async def webhook_deliveries(self, webhook_id: str | None, limit: int) -> list[WebhookDelivery]:
         """Newest first."""
 
     async def webhook_claim(self, limit: int, lock_seconds: float) -> list[PendingDelivery]:
