@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,7 @@ async def test_worker_survives_pg_terminate_backend(
     seen = 0
     for _ in range(3):  # kill everything a few times while jobs are in flight
         seen = await wait_until(
-            lambda s=seen: _runs_beyond(pg_url, s), timeout=15, message="worker busy"
+            partial(_runs_beyond, pg_url, seen), timeout=15, message="worker busy"
         )
         async with connect(pg_url) as conn:
             killed = await conn.fetchval(

@@ -84,7 +84,7 @@ async def test_concurrent_duplicates_dedup_key_in_transactions(
 
     async def one(app: Soniq, n: int) -> str:
         await start.wait()
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             return await app.enqueue(
                 "users.sync_user", args={"user_id": n}, dedup_key="nightly-sync", connection=conn
             )
@@ -105,7 +105,7 @@ async def test_concurrent_enqueue_many_duplicates(
         *(a.enqueue_many("users.sync_user", list(reversed(items)) if i % 2 else items)
           for i, a in enumerate(instances))
     )  # fmt: skip
-    by_user = {}
+    by_user: dict[int, set[str]] = {}
     for i, ids in enumerate(results):
         order = list(reversed(items)) if i % 2 else items
         for item, job_id in zip(order, ids, strict=True):
@@ -118,7 +118,7 @@ async def test_rolled_back_duplicate_does_not_suppress(app: Soniq, db: asyncpg.C
     sync_user = register(app)
     await app.ensure_initialized()
     with pytest.raises(Boom):
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             rolled = await app.enqueue(sync_user, connection=conn, user_id=5)
             # Within the transaction the duplicate sees its own uncommitted job.
             assert await app.enqueue(sync_user, connection=conn, user_id=5) == rolled
@@ -134,7 +134,7 @@ async def test_duplicate_waits_for_open_transaction(app: Soniq, db: asyncpg.Conn
     await app.ensure_initialized()
 
     # Outcome 1: the first transaction rolls back → the waiting duplicate inserts.
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         first = await app.enqueue(sync_user, connection=conn, user_id=1)
@@ -147,7 +147,7 @@ async def test_duplicate_waits_for_open_transaction(app: Soniq, db: asyncpg.Conn
     assert await live_count(db) == 1
 
     # Outcome 2: the first transaction commits → the waiting duplicate returns its id.
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         third = await app.enqueue(sync_user, connection=conn, user_id=2)

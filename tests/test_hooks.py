@@ -22,7 +22,7 @@ async def test_positional_style_sync_and_async(app: Soniq) -> None:
         calls.append(("before_async", job_name, job_id, attempt))
 
     @app.before_job
-    def before_sync(name, ident, n):  # type: ignore[no-untyped-def]  # any parameter names
+    def before_sync(name, ident, n):  # any parameter names
         calls.append(("before_sync", name, ident, n))
 
     @app.after_job
@@ -73,7 +73,7 @@ async def test_context_style_sync_and_async(app: Soniq) -> None:
         calls.append(("before", ctx))
 
     @app.after_job
-    def log_complete(ctx):  # type: ignore[no-untyped-def]
+    def log_complete(ctx):
         calls.append(("after", ctx))
 
     @app.on_error
@@ -230,7 +230,7 @@ async def test_hook_fitting_neither_style_is_rejected_at_registration(app: Soniq
     with pytest.raises(JobRegistrationError):
         app.on_error(none)
     with pytest.raises(JobRegistrationError):
-        app.before_job("not callable")  # type: ignore[arg-type]
+        app.before_job("not callable")  # type: ignore[type-var]
     assert app.hooks == {"before_job": [], "after_job": [], "on_error": []}
     # the Worker rejects the same hooks handed over as a dict
     with pytest.raises(JobRegistrationError):
@@ -299,7 +299,7 @@ async def test_slack_alert_on_final_failure_example(app: Soniq) -> None:
         sent.append(text)
 
     @app.on_error
-    async def alert_on_final_failure(job_name, job_id, error, attempt):  # type: ignore[no-untyped-def]
+    async def alert_on_final_failure(job_name, job_id, error, attempt):
         # Look up the job's max_attempts from the registry
         job_meta = app._get_job_registry().get_job(job_name)
         if job_meta and attempt >= job_meta["max_retries"] + 1:

@@ -85,7 +85,7 @@ async def test_get_job_status_shape(app: Soniq) -> None:
     await app.run_worker(run_once=True)
     status = await app.get_job_status(job_id)
     assert status is not None
-    assert status["status"] == "done" == JobStatus.DONE
+    assert status["status"] == "done" and status["status"] == JobStatus.DONE
     assert status["result"] == 5
     assert status["job_name"].endswith("add")
 

@@ -67,7 +67,7 @@ async def _delay_after_failure(app: Soniq, job_id: str) -> float:
     # scheduled_at = (moment of failure) + delay, with failure in [before, after]
     low = (row["scheduled_at"] - after).total_seconds()
     high = (row["scheduled_at"] - before).total_seconds()
-    return (low + high) / 2
+    return float((low + high) / 2)
 
 
 async def _make_due(app: Soniq, job_id: str) -> None:
@@ -148,7 +148,7 @@ async def test_exhausted_job_moves_to_dead_letter_table(app: Soniq) -> None:
     assert "card declined" in dead["traceback"] and "in charge" in dead["traceback"]
     assert dead["created_at"] == created and dead["resurrection_count"] == 0
     status = await app.get_job_status(job_id)
-    assert status["status"] == "dead_letter"
+    assert status is not None and status["status"] == "dead_letter"
     assert status["args"] == {"order_id": 42, "amount": 9.5}
     assert status["last_error"] == "ValueError: card declined for order 42"
     assert await app.get_result(job_id) is None
@@ -229,7 +229,8 @@ async def test_retry_then_success_keeps_last_error_and_stores_result(app: Soniq)
     row = await job_row(app.database_url, job_id)
     assert row["status"] == "done" and row["attempts"] == 2
     assert await dead_row(app.database_url, job_id) is None
-    assert (await app.get_job_status(job_id))["result"] == "ok"
+    status = await app.get_job_status(job_id)
+    assert status is not None and status["result"] == "ok"
 
 
 async def test_retry_rows_are_not_claimed_before_due(app: Soniq) -> None:

@@ -139,6 +139,13 @@ def owner_pid(owner: str) -> int:
     return int(owner.rsplit(":", 2)[1])
 
 
+async def next_run_of(app: Soniq, name: str) -> datetime:
+    """The stored next run of a schedule that must exist and have one."""
+    schedule = await app.scheduler.get(name)
+    assert schedule is not None and schedule.next_run_at is not None, schedule
+    return schedule.next_run_at
+
+
 async def scheduler_ticked_past(url: str, moment: datetime) -> bool:
     """True once the leading scheduler has renewed its lease at or after ``moment`` (DB time)."""
     row = await lease(url)
@@ -269,7 +276,7 @@ async def test_paused_schedule_enqueues_nothing_and_resume_does_not_burst(
             assert await app.scheduler.pause(SCHEDULE) is True
             paused_at = await value(pg_url, "SELECT clock_timestamp()")
             count = await enqueued()
-            stale_next = (await app.scheduler.get(SCHEDULE)).next_run_at
+            stale_next = await next_run_of(app, SCHEDULE)
 
             # The leader keeps ticking (lease renewed) for 3 s of due times: nothing fires.
             await wait_until(
@@ -279,6 +286,7 @@ async def test_paused_schedule_enqueues_nothing_and_resume_does_not_burst(
             sched.assert_alive()
             assert await enqueued() == count
             paused = await app.scheduler.get(SCHEDULE)
+            assert paused is not None
             assert paused.status == "paused" and paused.next_run_at == stale_next
 
             # Resume: the next run is after now; the ~3 missed ones are not replayed.
@@ -361,7 +369,7 @@ async def test_standby_start_during_a_fire_does_not_rewind_the_schedule(
 
     try:
         await sync_periodic(app, now=t0)
-        due = (await app.scheduler.get("minutely")).next_run_at
+        due = await next_run_of(app, "minutely")
         leader = SchedulerRunner(app, owner_id="leader", clock=lambda: now[0])
         now[0] = due
         real_get = app.backend.schedule_get
@@ -375,7 +383,7 @@ async def test_standby_start_during_a_fire_does_not_rewind_the_schedule(
         await sync_periodic(app, now=due)  # the standby's start-up sync
         monkeypatch.undo()
 
-        assert (await app.scheduler.get("minutely")).next_run_at == due + timedelta(seconds=60)
+        assert await next_run_of(app, "minutely") == due + timedelta(seconds=60)
         await query(pg_url, "UPDATE soniq_jobs SET status = 'done'")  # the run completed
         assert await leader.tick_once() == 0  # the same due time does not fire again
         assert int(await value(pg_url, "SELECT count(*) FROM soniq_jobs")) == 1

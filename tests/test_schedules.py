@@ -96,7 +96,7 @@ def test_builders_are_immutable():
         (lambda: daily().at("25:00"), "00-23"),
         (lambda: daily().at("09:60"), "00-59"),
         (lambda: daily().at("9am"), "HH:MM"),
-        (lambda: daily().at(900), "HH:MM"),
+        (lambda: daily().at(900), "HH:MM"),  # type: ignore[arg-type]
         (lambda: weekly().on("funday"), "funday"),
         (lambda: weekly().on(), "at least one day"),
         (lambda: monthly().on_day(32), "1 to 31"),
@@ -106,7 +106,7 @@ def test_builders_are_immutable():
         (lambda: cron("* * * * * *"), "5-field"),
         (lambda: cron("@reboot"), "5-field"),
         (lambda: cron("0 0 30 2 *"), "never matches"),
-        (lambda: cron(5), "string"),
+        (lambda: cron(5), "string"),  # type: ignore[arg-type]
     ],
 )
 def test_invalid_input_fails_at_definition_time(bad, needle):
@@ -161,8 +161,10 @@ def test_normalize_rejects(kwargs, needle):
 # --- next_run -----------------------------------------------------------------
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_next_run_cron_in_utc():

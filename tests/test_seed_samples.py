@@ -29,7 +29,7 @@ async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def job_rows(db: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM soniq_jobs ORDER BY created_at, id")
+    return list(await db.fetch("SELECT * FROM soniq_jobs ORDER BY created_at, id"))
 
 
 # --- API: Jobs -----------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ async def test_jobs_transactional_sample(pg_url: str, db: asyncpg.Connection) ->
 
     order_id = 17
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         async with conn.transaction():
             await conn.execute("INSERT INTO orders (id) VALUES ($1)", order_id)
             await app.enqueue(fulfill_order, connection=conn, order_id=order_id)
@@ -266,7 +266,7 @@ async def test_soniq_class_acquire_sample(pg_url: str, db: asyncpg.Connection) -
     async def send_receipt(order_id: int): ...
 
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn:
         async with conn.transaction():
             await conn.execute("INSERT INTO orders VALUES (42)")
             await app.enqueue(send_receipt, connection=conn, order_id=42)
@@ -484,7 +484,7 @@ async def test_transactional_pattern1(pg_url: str, db: asyncpg.Connection) -> No
 
     order_id, total = 1, 19.99
     await eq.ensure_initialized()
-    async with eq.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with eq.backend.acquire() as conn:
         async with conn.transaction():
             await conn.execute("INSERT INTO orders (id, total) VALUES ($1, $2)", order_id, total)
             await eq.enqueue(send_invoice, connection=conn, order_id=order_id)
@@ -493,7 +493,7 @@ async def test_transactional_pattern1(pg_url: str, db: asyncpg.Connection) -> No
 
     # "If the INSERT fails ... both the order row and the job are rolled back."
     with pytest.raises(asyncpg.UniqueViolationError):
-        async with eq.backend.acquire() as conn:  # type: ignore[attr-defined]
+        async with eq.backend.acquire() as conn:
             async with conn.transaction():
                 await eq.enqueue(send_invoice, connection=conn, order_id=order_id)
                 await conn.execute(
@@ -511,7 +511,7 @@ async def test_transactional_cancel_after_commit(pg_url: str) -> None:
     async def send_invoice(order_id: int): ...
 
     await eq.ensure_initialized()
-    async with eq.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with eq.backend.acquire() as conn:
         async with conn.transaction():
             job_id = await eq.enqueue(send_invoice, connection=conn, order_id=1)
     assert await eq.cancel_job(job_id) is True

@@ -62,7 +62,7 @@ def register_send_invoice(app: Soniq) -> Any:
 async def test_soniq_pool_commit_and_rollback(app: Soniq, db: asyncpg.Connection) -> None:
     send_invoice = register_send_invoice(app)
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO orders (id, total) VALUES ($1, $2)", 1, 9.5)
         job_id = await app.enqueue(send_invoice, connection=conn, order_id=1)
         # Not visible outside the transaction before COMMIT.
@@ -72,7 +72,7 @@ async def test_soniq_pool_commit_and_rollback(app: Soniq, db: asyncpg.Connection
     assert job is not None and job["args"] == {"order_id": 1} and job["queue"] == "invoices"
 
     with pytest.raises(Boom):
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO orders (id, total) VALUES ($1, $2)", 2, 1)
             rolled_back = await app.enqueue(send_invoice, connection=conn, order_id=2)
             raise Boom
@@ -88,10 +88,10 @@ async def test_committed_job_runs_rolled_back_never(app: Soniq, db: asyncpg.Conn
         ran.append(order_id)
 
     await app.ensure_initialized()
-    async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+    async with app.backend.acquire() as conn, conn.transaction():
         await app.enqueue(fulfil, connection=conn, order_id=1)
     with pytest.raises(Boom):
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             await app.enqueue(fulfil, connection=conn, order_id=2)
             raise Boom
     await app.run_worker(run_once=True)
@@ -129,7 +129,7 @@ async def test_failed_statement_rolls_back_job(app: Soniq, db: asyncpg.Connectio
     send_invoice = register_send_invoice(app)
     await app.ensure_initialized()
     with pytest.raises(asyncpg.CheckViolationError):
-        async with app.backend.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+        async with app.backend.acquire() as conn, conn.transaction():
             await app.enqueue(send_invoice, connection=conn, order_id=1)
             await conn.execute("INSERT INTO orders (product_id, quantity) VALUES (1, -1)")
     assert await counts(db) == (0, 0)
@@ -257,7 +257,7 @@ def transactional_guide_app(url: str) -> tuple[FastAPI, Soniq]:
     @app.post("/orders")
     async def create_order(product_id: int, quantity: int) -> dict[str, int]:
         await eq.ensure_initialized()
-        async with eq.backend.acquire() as conn:  # type: ignore[attr-defined]
+        async with eq.backend.acquire() as conn:
             async with conn.transaction():
                 order_id = await conn.fetchval(
                     "INSERT INTO orders (product_id, quantity) VALUES ($1, $2) RETURNING id",
@@ -478,7 +478,7 @@ async def test_fastapi_borrowing_a_connection(db: asyncpg.Connection, pg_url: st
     send_invoice = register_send_invoice(eq)
     order_id = 42
     await eq.ensure_initialized()
-    async with eq.backend.acquire() as conn:  # type: ignore[attr-defined]
+    async with eq.backend.acquire() as conn:
         async with conn.transaction():
             await conn.execute("INSERT INTO orders (id) VALUES ($1)", order_id)
             await eq.enqueue(send_invoice, connection=conn, order_id=order_id)

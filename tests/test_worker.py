@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import pytest
@@ -385,7 +386,7 @@ async def test_return_values_are_stored_as_results(app: Soniq) -> None:
     assert await app.run_worker(concurrency=4, run_once=True)
     assert [await app.get_result(i) for i in ids] == values
     status = await app.get_job_status(none_id)
-    assert status["status"] == "done" and status["result"] is None
+    assert status is not None and status["status"] == "done" and status["result"] is None
 
 
 async def test_non_json_result_fails_the_attempt_clearly(app: Soniq) -> None:
@@ -440,7 +441,7 @@ async def test_idle_worker_wakes_on_notify(pg_url: str) -> None:
             for _ in range(3):  # every time, not just the first
                 started = time.monotonic()
                 job_id = await app.enqueue(quick)
-                await wait_until(lambda j=job_id: _is(app, j, "done"), timeout=5, message="woken")
+                await wait_until(partial(_is, app, job_id, "done"), timeout=5, message="woken")
                 assert time.monotonic() - started < 5
                 await _idle(worker)
     finally:
