@@ -328,10 +328,10 @@ def test_context_param_not_required_at_enqueue(mem: Soniq) -> None:
     @mem.job(name="c")
     async def c(x: int, ctx: JobContext) -> None: ...
 
-    job = mem._build_job(c, kwargs={"x": 1})
+    job = mem.build_job(c, kwargs={"x": 1})
     assert job.args == {"x": 1}
     with pytest.raises(JobValidationError):
-        mem._build_job(c, kwargs={})
+        mem.build_job(c, kwargs={})
 
 
 FUTURE_MODULE = """
