@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from soniq.errors import MissingExtraError
+from soniq.errors import ConfigurationError, MissingExtraError
 from soniq.events import Record, Subscriber
 from soniq.job import ClaimedJob, Done, Fail, NewJob, Outcome, Retry
 
@@ -129,5 +129,11 @@ class JobMetrics(Subscriber):
 def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> Any:
     """Serve ``/metrics`` for ``registry`` on a daemon thread; returns the server."""
     prom = _prometheus()
-    server, _thread = prom.start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = prom.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot serve metrics on {host}:{port} ({exc}); choose a free port with "
+            "--metrics-port or SONIQ_METRICS_PORT"
+        ) from None
     return server

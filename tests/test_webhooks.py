@@ -79,7 +79,9 @@ class Receiver:
         return out
 
     def bodies(self, event: str) -> list[dict[str, Any]]:
-        return [json.loads(r["body"]) for r in self.requests if json.loads(r["body"])["event"] == event]
+        return [
+            json.loads(r["body"]) for r in self.requests if json.loads(r["body"])["event"] == event
+        ]
 
 
 @pytest.fixture
@@ -117,7 +119,9 @@ def check_signatures(request: dict[str, Any], secret: str = SECRET) -> None:
     assert headers["X-Webhook-Timestamp"] == headers["X-Soniq-Timestamp"]
     published = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Webhook-Signature"] == published
-    assert verify_signature(body, headers["X-Soniq-Timestamp"], headers["X-Soniq-Signature"], secret)
+    assert verify_signature(
+        body, headers["X-Soniq-Timestamp"], headers["X-Soniq-Signature"], secret
+    )
     assert headers["X-Webhook-Delivery"] == json.loads(body)["delivery_id"]
     assert headers["X-Webhook-Event"] == json.loads(body)["event"]
 
@@ -144,7 +148,7 @@ def test_event_names_aliases_and_enum() -> None:
     assert normalize_events(["job.enqueued", "job.dead_lettered", WebhookEvent.JOB_FAILED]) == [
         "job.dead_letter", "job.failed", "job.queued",
     ]  # fmt: skip
-    assert WebhookEvent.JOB_RESURRECTED == "job.resurrected"
+    assert WebhookEvent.JOB_RESURRECTED.value == "job.resurrected"
     assert {e.value for e in WebhookEvent} >= {"job.cancelled", "job.started", "job.retried"}
     with pytest.raises(WebhookError, match="Unknown webhook event"):
         normalize_events(["job.exploded"])
@@ -171,7 +175,7 @@ async def test_ssrf_guard_refuses_private_targets_unless_allowed() -> None:
             await check_url(url, allow_private=False)
     # A public name that resolves to a private address (DNS pointing inside) is refused too.
     inside = await resolves_to(["93.184.216.34", "10.0.0.5"])
-    with pytest.raises(WebhookError, match="10.0.0.5"):
+    with pytest.raises(WebhookError, match=r"10\.0\.0\.5"):
         await check_url("https://hooks.example.com/x", allow_private=False, resolve=inside)
     await check_url("https://hooks.example.com/x", allow_private=False,
                     resolve=await resolves_to(["93.184.216.34"]))  # fmt: skip
@@ -422,7 +426,8 @@ async def test_a_sigkilled_worker_mid_delivery_still_delivers(
 ) -> None:
     (tmp_path / "hook_jobs.py").write_text(JOBS_MODULE)
     env = {**os.environ, "SONIQ_DATABASE_URL": pg_url, "SONIQ_JOBS_MODULES": "hook_jobs",
-           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}", "SONIQ_POLL_INTERVAL": "0.2"}  # fmt: skip
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}",
+           "SONIQ_POLL_INTERVAL": "0.2"}  # fmt: skip
     app = Soniq(database_url=pg_url, **FAST_SETTINGS)
 
     @app.job(name="hooks.noop")

@@ -84,12 +84,19 @@ def configure_logging(level: str) -> None:
 )
 @click.option("--queues", metavar="A,B", default=None, help="Only these queues (default: all).")
 @click.option("--run-once", is_flag=True, help="Process the jobs available now, then exit.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus /metrics on this port. Defaults to SONIQ_METRICS_PORT (off).",
+)
 @jobs_modules_option
 def worker(
     database_url: str | None,
     concurrency: int | None,
     queues: str | None,
     run_once: bool,
+    metrics_port: int | None,
     jobs_modules: str | None,
 ) -> None:
     """Run a worker for the jobs defined in SONIQ_JOBS_MODULES.
@@ -108,6 +115,13 @@ def worker(
         f"database={mask_url(app.database_url)} environment={app.settings.environment}"
     )
     log.info("soniq %s worker starting: %s", soniq.__version__, where)
+    port = metrics_port or app.settings.metrics_port
+    if port:
+        with cli_errors(io):
+            from soniq.metrics import serve
+
+            serve(app.metrics, port)
+        log.info("Prometheus metrics on :%d/metrics", port)
 
     async def body(instance: Soniq) -> bool:
         return await instance.run_worker(concurrency=slots, run_once=run_once, queues=queue_list)
