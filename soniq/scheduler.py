@@ -186,33 +186,17 @@ class Scheduler:
 
 
 async def store_schedule(app: Soniq, schedule: Schedule, now: datetime) -> Schedule:
-    """Upsert ``schedule``, keeping status and, if its timing is unchanged, its next run.
+    """Upsert ``schedule`` with its next due time counted from ``now``.
 
-    Keeping ``next_run_at`` is what lets a scheduler that was down catch up (the
-    stored due time is in the past) and stops an app that re-adds its schedules
-    on every start from pushing a long interval forward forever.
+    The backend keeps the stored status and, when the timing (cron, interval,
+    time zone) is unchanged, the stored due time, atomically: that is what lets
+    a scheduler that was down catch up (the stored due time is in the past),
+    stops an app that re-adds its schedules on every start from pushing a long
+    interval forward forever, and keeps a re-sync from rewinding a due time a
+    leader has just advanced. The rule lives in each dialect's SCHEDULE_UPSERT.
     """
-    current = await app.backend.schedule_get(schedule.name)
-    if current is not None:
-        schedule = replace(schedule, status=current.status)
-    if current is not None and current.next_run_at and _same_definition(current, schedule):
-        # Unchanged (every scheduler start re-syncs @app.periodic): write nothing. Writing
-        # back the next_run_at read above would undo a fire the leader made meanwhile,
-        # and that due time would fire a second time.
-        return current
-    if current is not None and _same_timing(current, schedule) and current.next_run_at:
-        return await app.backend.schedule_upsert(replace(schedule, next_run_at=current.next_run_at))
     upcoming = next_run(schedule.cron, schedule.every_seconds, now, schedule.timezone)
     return await app.backend.schedule_upsert(replace(schedule, next_run_at=upcoming))
-
-
-def _same_timing(a: Schedule, b: Schedule) -> bool:
-    return (a.cron, a.every_seconds, a.timezone) == (b.cron, b.every_seconds, b.timezone)
-
-
-def _same_definition(a: Schedule, b: Schedule) -> bool:
-    what = (a.job_name, a.args, a.queue, a.priority) == (b.job_name, b.args, b.queue, b.priority)
-    return what and _same_timing(a, b)
 
 
 async def sync_periodic(app: Soniq, *, now: datetime | None = None) -> list[Schedule]:

@@ -353,10 +353,12 @@ async def test_worker_does_not_warn_while_a_scheduler_leads(pg_url: str, tmp_pat
 async def test_standby_start_during_a_fire_does_not_rewind_the_schedule(
     pg_url: str, monkeypatch: Any
 ) -> None:
-    """Each ``soniq scheduler`` start re-syncs ``@app.periodic`` schedules (read, then write).
+    """Each ``soniq scheduler`` start re-syncs ``@app.periodic`` schedules.
 
-    If the leader fires between that read and write, writing back the stale
-    ``next_run_at`` would rewind the schedule and the same due time would fire twice.
+    The re-sync computes ``next_run_at`` from its own clock. If the leader fires
+    just before that write lands, writing the computed (earlier) due time would
+    rewind the schedule and the same due time would fire twice; the upsert keeps
+    the stored due time when the timing is unchanged.
     """
     from soniq.scheduler import SchedulerRunner, sync_periodic
 
@@ -372,14 +374,13 @@ async def test_standby_start_during_a_fire_does_not_rewind_the_schedule(
         due = await next_run_of(app, "minutely")
         leader = SchedulerRunner(app, owner_id="leader", clock=lambda: now[0])
         now[0] = due
-        real_get = app.backend.schedule_get
+        real_upsert = app.backend.schedule_upsert
 
-        async def read_then_leader_fires(name: str) -> Any:
-            current = await real_get(name)
+        async def leader_fires_then_upsert(schedule: Any) -> Any:
             assert await leader.tick_once() == 1
-            return current
+            return await real_upsert(schedule)
 
-        monkeypatch.setattr(app.backend, "schedule_get", read_then_leader_fires)
+        monkeypatch.setattr(app.backend, "schedule_upsert", leader_fires_then_upsert)
         await sync_periodic(app, now=due)  # the standby's start-up sync
         monkeypatch.undo()
 

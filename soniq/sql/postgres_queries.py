@@ -284,7 +284,8 @@ SET job_name = EXCLUDED.job_name, args = EXCLUDED.args, queue = EXCLUDED.queue,
         WHEN soniq_schedules.cron IS NOT DISTINCT FROM EXCLUDED.cron
          AND soniq_schedules.every_seconds IS NOT DISTINCT FROM EXCLUDED.every_seconds
          AND soniq_schedules.timezone = EXCLUDED.timezone
-        THEN soniq_schedules.next_run_at ELSE EXCLUDED.next_run_at END,
+        THEN COALESCE(soniq_schedules.next_run_at, EXCLUDED.next_run_at)
+        ELSE EXCLUDED.next_run_at END,
     updated_at = now()
 RETURNING {_SCHEDULE_COLUMNS}
 """
@@ -493,3 +494,43 @@ SELECT queue, EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8 AS age
 FROM soniq_jobs WHERE status = 'queued' AND scheduled_at <= now()
 GROUP BY queue
 """
+
+
+# === Caller's connections on psycopg 3 (soniq/integrations/connections.py) ==========
+# Transactional enqueue on a psycopg 3 connection (direct, or under SQLAlchemy,
+# Tortoise or Django) runs the very statements above, with psycopg's placeholders:
+# psycopg binds ``%(name)s`` where asyncpg binds ``$n``. Derived, never copied, so the
+# two drivers cannot drift; a statement that reaches a psycopg connection without an
+# entry here fails loudly (connections.py) instead of running with the wrong syntax.
+
+
+def to_psycopg(sql: str) -> str:
+    """``$1`` → ``%(p1)s``, and a literal ``%`` doubled (psycopg would read it as a placeholder).
+
+    Named, not positional, placeholders: a statement may use ``$n`` twice or out of order.
+    """
+    import re
+
+    return re.sub(r"\$(\d+)", r"%(p\1)s", sql.replace("%", "%%"))
+
+
+PSYCOPG_JOB_INSERT = to_psycopg(JOB_INSERT)
+PSYCOPG_JOB_INSERT_PLAIN = to_psycopg(JOB_INSERT_PLAIN)
+PSYCOPG_JOB_INSERT_MANY = to_psycopg(JOB_INSERT_MANY)
+PSYCOPG_JOB_INSERT_MANY_PLAIN = to_psycopg(JOB_INSERT_MANY_PLAIN)
+PSYCOPG_JOB_FIND_LIVE_BY_DEDUP = to_psycopg(JOB_FIND_LIVE_BY_DEDUP)
+# Written with the jobs when observability records ride along (webhooks outbox, logs).
+PSYCOPG_JOB_LOGS_INSERT = to_psycopg(JOB_LOGS_INSERT)
+PSYCOPG_OUTBOX_FANOUT = to_psycopg(OUTBOX_FANOUT)
+
+# asyncpg statement → its psycopg form: every statement the enqueue path may run on a
+# caller's connection.
+PSYCOPG_STATEMENTS: dict[str, str] = {
+    JOB_INSERT: PSYCOPG_JOB_INSERT,
+    JOB_INSERT_PLAIN: PSYCOPG_JOB_INSERT_PLAIN,
+    JOB_INSERT_MANY: PSYCOPG_JOB_INSERT_MANY,
+    JOB_INSERT_MANY_PLAIN: PSYCOPG_JOB_INSERT_MANY_PLAIN,
+    JOB_FIND_LIVE_BY_DEDUP: PSYCOPG_JOB_FIND_LIVE_BY_DEDUP,
+    JOB_LOGS_INSERT: PSYCOPG_JOB_LOGS_INSERT,
+    OUTBOX_FANOUT: PSYCOPG_OUTBOX_FANOUT,
+}

@@ -282,7 +282,8 @@ SET job_name = excluded.job_name, args = excluded.args, queue = excluded.queue,
         WHEN soniq_schedules.cron IS excluded.cron
          AND soniq_schedules.every_seconds IS excluded.every_seconds
          AND soniq_schedules.timezone = excluded.timezone
-        THEN soniq_schedules.next_run_at ELSE excluded.next_run_at END,
+        THEN coalesce(soniq_schedules.next_run_at, excluded.next_run_at)
+        ELSE excluded.next_run_at END,
     updated_at = excluded.updated_at
 RETURNING {_SCHEDULE_COLUMNS}
 """

@@ -793,7 +793,7 @@ async def test_schedule_fire_is_compare_and_set(soniq_app: Soniq) -> None:
                         every_seconds=60.0, next_run_at=due)  # fmt: skip
     created = await backend.schedule_upsert(schedule)
 
-    first = app._build_job(noop, kwargs={"n": 1}, queue="sched")
+    first = app.build_job(noop, kwargs={"n": 1}, queue="sched")
     assert await backend.schedule_fire("conf.tick", due, following, first) is True
     fired = await job(app, first.id)
     assert (fired["job_name"], fired["args"], fired["queue"], fired["status"]) == (
@@ -805,7 +805,7 @@ async def test_schedule_fire_is_compare_and_set(soniq_app: Soniq) -> None:
     assert after.created_at == created.created_at
 
     # A second leader racing on the same due time: nothing happens.
-    late = app._build_job(noop, kwargs={"n": 1}, queue="sched")
+    late = app.build_job(noop, kwargs={"n": 1}, queue="sched")
     assert await backend.schedule_fire("conf.tick", due, following, late) is False
     assert await app.get_job(late.id) is None
     assert await backend.schedule_fire("nope", due, following, late) is False
@@ -834,7 +834,7 @@ async def test_transactional_enqueue_postgres_only(soniq_app: Soniq) -> None:
         with pytest.raises(ValueError, match="PostgreSQL"):
             await app.enqueue_many(noop, [{"n": 1}], connection=object())
         with pytest.raises(ValueError, match="PostgreSQL"):
-            await app.backend.enqueue([app._build_job(noop, kwargs={"n": 1})], connection=object())
+            await app.backend.enqueue([app.build_job(noop, kwargs={"n": 1})], connection=object())
         assert await app.list_jobs() == []
         return
     backend: Any = app.backend
@@ -1505,3 +1505,23 @@ async def test_lease_and_timeout_lengths_must_be_positive(backend: StorageBacken
         await backend.try_lead("maintenance", W1, 0)
     with pytest.raises(ValueError, match="heartbeat_timeout"):
         await backend.recover_stale(-1)
+
+
+async def test_schedule_upsert_with_unchanged_timing_keeps_the_stored_due_time(
+    backend: StorageBackend,
+) -> None:
+    first = await backend.schedule_upsert(a_schedule())
+    due = first.next_run_at
+    assert due is not None
+    advanced = due + timedelta(days=1)
+    assert await backend.schedule_fire("nightly", due, advanced, new_job("tasks.report"))
+    # A re-sync computes an earlier due time: same timing, so the stored one stays.
+    again = await backend.schedule_upsert(a_schedule(args={"full": False}, next_run_at=due))
+    assert (again.next_run_at, again.args) == (advanced, {"full": False})
+    # A stored schedule with no due time takes the given one.
+    await backend.schedule_upsert(a_schedule("bare", next_run_at=None))
+    armed = await backend.schedule_upsert(a_schedule("bare", next_run_at=due))
+    assert armed.next_run_at == due
+    # New timing: the given due time wins.
+    moved = await backend.schedule_upsert(a_schedule(cron="0 5 * * *", next_run_at=due))
+    assert moved.next_run_at == due
