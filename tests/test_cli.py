@@ -803,3 +803,252 @@ async def test_console_script_imports_jobs_from_the_current_directory(
     write_module(tmp_path, "twoq", JOBS_TWO_QUEUES.format(url=pg_url))
     env = cli_env(pg_url, SONIQ_JOBS_MODULES="twoq", **WORKER_ENV)
     ok(run_script(script, ["worker", "--run-once"], env, tmp_path))
+
+
+# --- settings from .env ----------------------------------------------------------------------
+ENV_JOBS = """
+from soniq import Soniq
+
+app = Soniq()  # no URL, no settings: everything comes from ./.env
+
+@app.job(name="envjobs.hello")
+def hello(n: int):
+    print(f"hello {n} from the .env worker")
+"""
+
+ENV_PRODUCER = """
+import asyncio
+import sys
+
+from envjobs import app, hello
+
+
+async def main() -> None:
+    for n in sys.argv[1:]:
+        await app.enqueue(hello, n=int(n))
+    await app.close()
+
+
+asyncio.run(main())
+"""
+
+
+def write_dotenv(directory: Path, **values: str) -> None:
+    lines = [f"SONIQ_{key.upper()}={value}" for key, value in values.items()]
+    (directory / ".env").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def produce(cwd: Path, *numbers: int) -> None:
+    command = [sys.executable, "produce.py", *map(str, numbers)]
+    ok(subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=60))
+
+
+async def test_dotenv_configures_the_cli(empty_pg_url: str, tmp_path: Path) -> None:
+    """The CLI reads SONIQ_DATABASE_URL, SONIQ_JOBS_MODULES, SONIQ_LOG_LEVEL, SONIQ_CONCURRENCY
+    and SONIQ_ENVIRONMENT from ./.env when the environment has none of them (SPEC §1)."""
+    write_module(tmp_path, "envjobs", ENV_JOBS)
+    (tmp_path / "produce.py").write_text(ENV_PRODUCER)
+    database = empty_pg_url.rsplit("/", 1)[1]
+    settings = {
+        "database_url": empty_pg_url, "jobs_modules": "envjobs", "concurrency": "3",
+        "environment": "staging", "poll_interval": "0.2",
+    }  # fmt: skip
+    write_dotenv(tmp_path, log_level="WARNING", **settings)
+    env = cli_env()  # no SONIQ_* at all: only the .env speaks
+
+    assert database in ok(soniq("setup", env=env, cwd=tmp_path))
+    produce(tmp_path, 0, 1)
+    quiet = soniq("worker", "--run-once", env=env, cwd=tmp_path)
+    ok(quiet)
+    assert "hello 0 from the .env worker" in quiet.stdout and "hello 1" in quiet.stdout
+    assert "worker starting" not in quiet.stderr  # SONIQ_LOG_LEVEL=WARNING from .env
+
+    write_dotenv(tmp_path, log_level="INFO", **settings)
+    produce(tmp_path, 2)
+    chatty = soniq("worker", "--run-once", env=env, cwd=tmp_path)
+    ok(chatty)
+    assert "hello 2 from the .env worker" in chatty.stdout
+    start = next(line for line in chatty.stderr.splitlines() if "worker starting" in line)
+    assert "concurrency=3" in start and "environment=staging" in start and database in start
+    rows = await fetch(empty_pg_url, "SELECT status, count(*) AS n FROM soniq_jobs GROUP BY 1")
+    assert [(r["status"], r["n"]) for r in rows] == [("done", 3)]
+
+    # SONIQ_DATABASE_URL from .env takes part in the --database-url agreement check ...
+    other = empty_pg_url.rsplit("/", 1)[0] + "/some_other_db"
+    clash = soniq("status", "--database-url", other, env=env, cwd=tmp_path)
+    assert clash.returncode == 2 and "SONIQ_DATABASE_URL" in clash.stderr, clash.stderr
+    # ... and the real environment still beats .env.
+    env_wins = soniq(
+        "worker", "--run-once", env={**env, "SONIQ_JOBS_MODULES": "nosuch"}, cwd=tmp_path
+    )
+    assert env_wins.returncode == 1 and "nosuch" in env_wins.stderr, env_wins.stderr
+
+
+BROKEN_BACKEND_JOBS = """
+from soniq import Soniq
+
+
+class RefusingBackend:
+    name = "refusing"
+
+    async def open(self):
+        raise RuntimeError("backend refused to open")
+
+    async def close(self):
+        pass
+
+
+app = Soniq(backend=RefusingBackend())
+
+@app.job()
+def noop():
+    pass
+"""
+
+
+def test_dotenv_debug_shows_the_traceback(tmp_path: Path) -> None:
+    write_module(tmp_path, "broken_backend", BROKEN_BACKEND_JOBS)
+    env = cli_env(SONIQ_JOBS_MODULES="broken_backend")
+
+    plain = soniq("worker", "--run-once", env=env, cwd=tmp_path)
+    message = clean_error(plain)
+    assert "RuntimeError: backend refused to open" in message
+    assert "SONIQ_DEBUG=1" in message  # says how to see more
+
+    write_dotenv(tmp_path, debug="true")
+    debug = soniq("worker", "--run-once", env=env, cwd=tmp_path)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "RuntimeError: backend refused to open" in debug.stderr
+
+
+def test_invalid_dotenv_setting_is_one_clear_error(tmp_path: Path) -> None:
+    write_dotenv(tmp_path, concurrency="lots")
+    message = clean_error(soniq("status", env=cli_env(), cwd=tmp_path))
+    assert message.startswith("error:") and "concurrency (SONIQ_CONCURRENCY)" in message
+    assert "(environment or .env)" in message
+
+
+# --- lean install: the core never imports an extra's packages ---------------------------------
+OPTIONAL_PACKAGES = (
+    "starlette", "jinja2", "uvicorn", "httpx", "cryptography", "prometheus_client",
+    "opentelemetry", "multipart", "python_multipart",
+)  # fmt: skip
+
+# Makes the extras' packages look not installed, the way a lean install sees them: every
+# finder answers "no such module" for them (find_spec -> None, import -> ModuleNotFoundError).
+BLOCK_OPTIONAL = f"""
+import sys
+
+OPTIONAL = {OPTIONAL_PACKAGES!r}
+
+
+class NotInstalled:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in OPTIONAL:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+
+sys.meta_path[:] = [NotInstalled(finder) for finder in sys.meta_path]
+"""
+
+CORE_FLOW = """
+import asyncio
+
+from soniq import Soniq
+
+app = Soniq("core.db", poll_interval=0.2)
+
+
+@app.job(name="core.add")
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.job(name="core.fail", retries=0)
+def fail() -> None:
+    raise ValueError("dead on purpose")
+
+
+async def main() -> None:
+    await app.setup()
+    done = await app.enqueue(add, a=1, b=2)
+    dead = await app.enqueue(fail)
+    await app.enqueue_many(add, [{"a": 3, "b": 4}])
+    assert await app.run_worker(run_once=True)
+    assert await app.get_result(done) == 3
+    assert (await app.get_job_status(dead))["status"] == "dead_letter"
+    await app.dead_letter.replay(dead)
+    await app.scheduler.add(add, every=60, args={"a": 0, "b": 0}, name="core.tick")
+    await app.close()
+
+
+asyncio.run(main())
+"""
+
+LEAN_JOBS = """
+from soniq import Soniq
+
+app = Soniq("core.db")
+
+
+@app.job(name="lean.hello")
+def hello() -> None:
+    print("hello from a lean install")
+"""
+
+
+def imported_by(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """Top-level packages in a ``-X importtime`` report (on stderr)."""
+    names = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def test_core_and_cli_import_no_extra_packages(tmp_path: Path) -> None:
+    """``pip install soniq`` is enough for the core and the CLI: importing them loads none of
+    the extras' packages when present, and the core flow and every core command work when
+    they are absent (a sitecustomize blocker makes them absent)."""
+    (tmp_path / "flow.py").write_text(CORE_FLOW)
+    write_module(tmp_path, "lean_jobs", LEAN_JOBS)
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCK_OPTIONAL)
+    env = cli_env(SONIQ_JOBS_MODULES="lean_jobs")
+
+    def run(args: list[str], blocked: bool) -> subprocess.CompletedProcess[str]:
+        extra = {"PYTHONPATH": str(tmp_path / "blocker")} if blocked else {}
+        return subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, env={**env, **extra},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    for args in (
+        ["-c", "import soniq; soniq.Soniq; import soniq.settings, soniq.worker"],
+        ["-m", "soniq", "--help"],
+        ["-m", "soniq", "worker", "--help"],
+    ):
+        timed = run(["-X", "importtime", *args], blocked=False)
+        assert timed.returncode == 0, timed.stderr[-2000:]
+        assert not imported_by(timed) & set(OPTIONAL_PACKAGES), args
+
+    assert "No module named 'httpx'" in run(["-c", "import httpx"], blocked=True).stderr
+    ok(run(["flow.py"], blocked=True))
+    for command in (
+        ["--help"],
+        ["setup", "--database-url", "core.db"],
+        ["worker", "--run-once"],
+        ["status", "--database-url", "core.db"],
+        ["inspect", "--database-url", "core.db"],
+        ["dead-letter", "list", "--database-url", "core.db"],
+        ["migrate-status", "--database-url", "core.db"],
+    ):
+        ok(run(["-m", "soniq", *command], blocked=True))

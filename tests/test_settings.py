@@ -370,3 +370,12 @@ async def test_worker_refuses_an_explicit_pool_too_small(
         assert await app.run_worker(concurrency=8, run_once=True) is False  # 8 + 2 fits
     finally:
         await app.close()
+
+
+@pytest.mark.parametrize("field", sorted(SoniqSettings.model_fields))
+def test_readme_lists_every_setting_with_its_env_var(field: str) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("|") and f"`{field}`" in line]
+    assert rows, f"README's settings table has no row for {field}"
+    assert f"SONIQ_{field.upper()}" in rows[0]
