@@ -303,11 +303,6 @@ class Soniq:
         return await self._insert(jobs, connection) if jobs else []
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
-        if connection is not None and not self.backend.supports_transactions:
-            raise ValueError(
-                "Transactional enqueue (connection=...) requires the PostgreSQL backend; "
-                f"this instance uses {self.backend.name!r}. Drop connection= or use PostgreSQL."
-            )
         if connection is None:
             await self.ensure_initialized()
         events = self.events
