@@ -17,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soniq.backends import StorageBackend
+from soniq.integrations.connections import executor
 from soniq.job import Ack, ClaimedJob, DeadLetterJob, Job, NewJob, Schedule
 from soniq.utils import UTC, canonical_id, canonical_ids, maybe_utc, to_utc
+
+if TYPE_CHECKING:
+    from soniq.events import Record
 
 SCHEDULE_STATUSES = ("active", "paused")
 
@@ -75,15 +79,35 @@ class CheckedBackend:
 
     # --- producing -------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        self._check_connection(connection)
+        if not jobs:
+            return []
+        jobs = [_utc_job(j) for j in jobs]
+        if connection is None or self.inner.name != "postgres":
+            return await self.inner.enqueue(jobs, connection=connection)
+        async with executor(connection) as conn:  # SQLAlchemy, psycopg, Tortoise, Django...
+            return await self.inner.enqueue(jobs, connection=conn)
+
+    async def enqueue_observed(
+        self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
+    ) -> list[str]:
+        """Same rules as ``enqueue``; the records ride in the same transaction."""
+        self._check_connection(connection)
+        if not jobs:
+            return []
+        jobs = [_utc_job(j) for j in jobs]
+        if connection is None or self.inner.name != "postgres":
+            return await self.inner.enqueue_observed(jobs, records, connection=connection)
+        async with executor(connection) as conn:
+            return await self.inner.enqueue_observed(jobs, records, connection=conn)
+
+    def _check_connection(self, connection: Any) -> None:
         if connection is not None and not self.inner.supports_transactions:
             raise ValueError(
                 "Transactional enqueue (connection=...) requires the PostgreSQL backend; "
                 f"the {self.inner.name} backend cannot join your transaction. Enqueue without "
                 "connection=, or use a postgresql:// database_url."
             )
-        if not jobs:
-            return []
-        return await self.inner.enqueue([_utc_job(j) for j in jobs], connection=connection)
 
     # --- working ---------------------------------------------------------------
     async def claim(
