@@ -24,6 +24,7 @@ from soniq.events import EventBus, emit_changes, feature, install_default_subscr
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
+from soniq.sync import SyncRunner
 from soniq.utils import mask_url
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Soniq:
         self._initialized = False
         self._dead_letter: DeadLetterService | None = None
         self._scheduler: Scheduler | None = None
+        self._sync = SyncRunner(self)  # enqueue_sync/schedule_sync; no thread until used
         self._warned_unknown: set[str] = set()  # enqueue_validation='warn': once per name
         # The one seam webhooks, logs, metrics, tracing and signing plug into.
         self.events = EventBus()
@@ -99,6 +101,7 @@ class Soniq:
 
     async def close(self) -> None:
         """Release the pool. Safe to call twice."""
+        await self._sync.aclose()  # first: a pool held by the sync producers' loop closes there
         self._initialized = False
         await self.backend.close()
 
@@ -324,6 +327,43 @@ class Soniq:
     ) -> str:
         """Enqueue to run at ``run_at`` (a UTC datetime, or seconds from now)."""
         return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
+
+    # --- sync producers (soniq/sync.py) --------------------------------------
+    def enqueue_sync(
+        self,
+        target: Any,
+        *,
+        args: dict[str, Any] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        scheduled_at: datetime | float | None = None,
+        unique: bool | None = None,
+        dedup_key: str | None = None,
+        connection: Any = None,
+        **func_kwargs: Any,
+    ) -> str:
+        """``enqueue`` for code without an event loop: Django and Flask views, threads, scripts.
+
+        Same arguments, validation and result. ``connection=`` also takes a sync
+        psycopg 3 connection, a SQLAlchemy ``Session`` on psycopg, or Django's
+        ``connection`` inside ``transaction.atomic()``. Example::
+
+            with transaction.atomic():
+                order = Order.objects.create(total=42)
+                app.enqueue_sync(send_invoice, connection=connection, order_id=order.id)
+        """
+        conn = self._sync.prepare_connection(connection)
+        return self._sync.run(self.enqueue(
+            target, args=args, priority=priority, queue=queue, scheduled_at=scheduled_at,
+            unique=unique, dedup_key=dedup_key, connection=conn, **func_kwargs,
+        ))  # fmt: skip
+
+    def schedule_sync(
+        self, target: Any, run_at: datetime | float, *, args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:  # fmt: skip
+        """``schedule`` for code without an event loop (see ``enqueue_sync``)."""
+        return self.enqueue_sync(target, args=args, scheduled_at=run_at, **kwargs)
 
     # --- inspect and manage -----------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
