@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -29,6 +30,8 @@ from soniq.cli._common import same_database
 from soniq.discovery import discover_app
 from soniq.errors import DiscoveryError
 from soniq.job import WorkerInfo
+from soniq.sql import migration_files
+from tests.conftest import _with_db
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.processes import SoniqProcess
 from tests.worker_support import connect
@@ -50,6 +53,7 @@ if __name__ == "__main__":
 
 WORKER_ENV = {"SONIQ_POLL_INTERVAL": "0.2", "SONIQ_HEARTBEAT_INTERVAL": "0.5"}
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
+MIGRATIONS = [name for name, _ in migration_files("postgres")]
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -153,7 +157,7 @@ async def fetchval(url: str, sql: str, *args: Any) -> Any:
 
 
 async def create_bare_database(url: str, admin_url: str) -> None:
-    name = url.rsplit("/", 1)[1]
+    name = urlsplit(url).path.lstrip("/")
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -254,7 +258,7 @@ def test_same_database_ignores_cosmetic_differences() -> None:
 
 
 async def test_database_url_must_agree_with_env(pg_url: str, tmp_path: Path) -> None:
-    other = pg_url.rsplit("/", 1)[0] + "/somewhere_else"
+    other = _with_db(pg_url, "somewhere_else")
     stderr = clean_error(soniq("status", "--database-url", other, url=pg_url, cwd=tmp_path), 2)
     assert "SONIQ_DATABASE_URL" in stderr and "somewhere_else" in stderr
 
@@ -274,16 +278,19 @@ async def test_password_is_masked_in_messages(tmp_path: Path) -> None:
 async def test_setup_creates_database_migrates_and_is_idempotent(
     empty_pg_url: str, tmp_path: Path
 ) -> None:
-    out = ok(soniq("setup", url=empty_pg_url, cwd=tmp_path))
+    result = soniq("setup", url=empty_pg_url, cwd=tmp_path)
+    out = ok(result)
     assert "Created the database" in out
     assert "Applied migration 0001_initial" in out
+    assert f"Schema is up to date in {empty_pg_url} ({len(MIGRATIONS)} applied now" in out
+    assert "warning" not in result.stderr  # a database was named: not the built-in default
     assert await fetchval(empty_pg_url, "SELECT to_regclass('soniq_jobs') IS NOT NULL")
-    applied = await fetch(empty_pg_url, "SELECT name FROM soniq_migrations")
-    assert [r["name"] for r in applied] == ["0001_initial"]
+    applied = await fetch(empty_pg_url, "SELECT name FROM soniq_migrations ORDER BY name")
+    assert [r["name"] for r in applied] == MIGRATIONS
 
     again = ok(soniq("setup", "--database-url", empty_pg_url, cwd=tmp_path))
     assert "nothing to do" in again and "Applied" not in again
-    assert await fetchval(empty_pg_url, "SELECT count(*) FROM soniq_migrations") == 1
+    assert await fetchval(empty_pg_url, "SELECT count(*) FROM soniq_migrations") == len(MIGRATIONS)
 
 
 async def test_two_setups_at_once_both_succeed_and_apply_once(
@@ -294,8 +301,8 @@ async def test_two_setups_at_once_both_succeed_and_apply_once(
         ok(result)
     outs = [r.stdout for r in results]
     assert sum("Applied migration 0001_initial" in out for out in outs) == 1
-    rows = await fetch(empty_pg_url, "SELECT name FROM soniq_migrations")
-    assert [r["name"] for r in rows] == ["0001_initial"]
+    rows = await fetch(empty_pg_url, "SELECT name FROM soniq_migrations ORDER BY name")
+    assert [r["name"] for r in rows] == MIGRATIONS
 
 
 async def test_migrate_status(pg_url: str, empty_pg_url: str, tmp_path: Path) -> None:
@@ -848,7 +855,7 @@ async def test_dotenv_configures_the_cli(empty_pg_url: str, tmp_path: Path) -> N
     and SONIQ_ENVIRONMENT from ./.env when the environment has none of them (SPEC §1)."""
     write_module(tmp_path, "envjobs", ENV_JOBS)
     (tmp_path / "produce.py").write_text(ENV_PRODUCER)
-    database = empty_pg_url.rsplit("/", 1)[1]
+    database = urlsplit(empty_pg_url).path.lstrip("/")
     settings = {
         "database_url": empty_pg_url, "jobs_modules": "envjobs", "concurrency": "3",
         "environment": "staging", "poll_interval": "0.2",
@@ -874,7 +881,7 @@ async def test_dotenv_configures_the_cli(empty_pg_url: str, tmp_path: Path) -> N
     assert [(r["status"], r["n"]) for r in rows] == [("done", 3)]
 
     # SONIQ_DATABASE_URL from .env takes part in the --database-url agreement check ...
-    other = empty_pg_url.rsplit("/", 1)[0] + "/some_other_db"
+    other = _with_db(empty_pg_url, "some_other_db")
     clash = soniq("status", "--database-url", other, env=env, cwd=tmp_path)
     assert clash.returncode == 2 and "SONIQ_DATABASE_URL" in clash.stderr, clash.stderr
     # ... and the real environment still beats .env.
