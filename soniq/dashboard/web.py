@@ -40,7 +40,9 @@ SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer Chromium sends "Origin: null" with
+    # a form POST, which the cross-site check must refuse.
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
 
@@ -222,7 +224,7 @@ def render(ctx: Context, request: Request, name: str, status: int = 200, **value
     caller = caller_of(request)
     template = ctx.templates.get_template(name)
     html = template.render(
-        base=prefix(request), caller=caller, csrf=ctx.policy.csrf_token,
+        base=prefix(request), viewer=caller, csrf=ctx.policy.csrf_token,
         read_only=ctx.policy.read_only, key_configured=ctx.policy.key_configured,
         fragment=request.headers.get("x-soniq-fragment") == "1", request_path=request.url.path,
         backend=ctx.soniq.backend.name, database=describe_database(ctx.soniq.database_url),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from soniq import Soniq
 from tests.dashboard.conftest import register
@@ -131,19 +130,17 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), BAD_REQUESTS)
-async def test_hostile_input_gets_a_clear_error_never_a_500(
-    app: Soniq, dashboard: Any, method: str, path: str, body: bytes | None, status: int
-) -> None:
+async def test_hostile_input_gets_a_clear_error_never_a_500(app: Soniq, dashboard: Any) -> None:
     register(app)
     await app.enqueue("dash.send", args={"to": "a"})
     served = await dashboard(app)
     async with served.client() as http:
-        headers = {"Content-Type": "application/json"} if body else {}
-        r = await http.request(method, path, content=body, headers=headers)
-    assert r.status_code == status, r.text[:300]
-    if path.startswith("/api/") and "nothing-here" not in path:
-        assert r.json()["detail"]
+        for method, path, body, status in BAD_REQUESTS:
+            headers = {"Content-Type": "application/json"} if body else {}
+            r = await http.request(method, path, content=body, headers=headers)
+            assert r.status_code == status, (method, path, r.text[:300])
+            if path.startswith("/api/") and "nothing-here" not in path:
+                assert r.json()["detail"], path
     assert (await app.get_queue_stats())[0]["total"] == 1
 
 
