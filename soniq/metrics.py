@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from soniq.errors import ConfigurationError, MissingExtraError
 from soniq.events import Record, Subscriber
@@ -76,31 +76,50 @@ class JobMetrics(Subscriber):
             "soniq_queue_depth", "Jobs per queue and status (all workers).", ("queue", "status"),
             registry=self.registry,
         )  # fmt: skip
+        self._children: dict[tuple[str, str], _Series] = {}
         self.oldest = prom.Gauge(
             "soniq_queue_oldest_age_seconds", "Age of the oldest due queued job.", ("queue",),
             registry=self.registry,
         )  # fmt: skip
 
     # --- events -----------------------------------------------------------------
+    def _series(self, queue: str, task: str) -> _Series:
+        """The labelled children of one (queue, task), looked up once: ``labels()`` costs
+        more than the increment itself on the worker's hot path."""
+        key = (queue, task)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = _Series(
+                *(m.labels(queue, task) for m in (
+                    self.enqueued, self.started, self.completed, self.failed, self.retried,
+                    self.dead, self.duration, self.in_progress,
+                ))
+            )  # fmt: skip
+        return found
+
     def on_enqueued(self, jobs: Sequence[NewJob]) -> Iterable[Record] | None:
         for job in jobs:
-            self.enqueued.labels(job.queue, job.job_name).inc()
+            self._series(job.queue, job.job_name).enqueued.inc()
         return None
 
     def on_started(self, job: ClaimedJob) -> Iterable[Record] | None:
-        self.started.labels(job.queue, job.job_name).inc()
-        self.in_progress.labels(job.queue, job.job_name).inc()
+        series = self._series(job.queue, job.job_name)
+        series.started.inc()
+        series.in_progress.inc()
         return None
 
     def on_finished(self, job: ClaimedJob, outcome: Outcome, duration: float) -> None:
-        labels = (job.queue, job.job_name)
-        self.in_progress.labels(*labels).dec()
-        self.duration.labels(*labels).observe(duration)
+        series = self._series(job.queue, job.job_name)
+        series.in_progress.dec()
+        series.duration.observe(duration)
         if isinstance(outcome, Done):
-            self.completed.labels(*labels).inc()
-        elif isinstance(outcome, (Retry, Fail)):
-            self.failed.labels(*labels).inc()
-            (self.retried if isinstance(outcome, Retry) else self.dead).labels(*labels).inc()
+            series.completed.inc()
+        elif isinstance(outcome, Retry):
+            series.failed.inc()
+            series.retried.inc()
+        elif isinstance(outcome, Fail):
+            series.failed.inc()
+            series.dead.inc()
 
     # --- gauges -------------------------------------------------------------------
     async def run(self, backend: StorageBackend, settings: SoniqSettings) -> None:
@@ -124,6 +143,17 @@ class JobMetrics(Subscriber):
             for status in ("queued", "processing", "done", "dead_letter", "cancelled"):
                 self.depth.labels(s.queue, status).set(getattr(s, status))
             self.oldest.labels(s.queue).set(oldest.get(s.queue, 0.0))
+
+
+class _Series(NamedTuple):
+    enqueued: Any
+    started: Any
+    completed: Any
+    failed: Any
+    retried: Any
+    dead: Any
+    duration: Any
+    in_progress: Any
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> Any:
