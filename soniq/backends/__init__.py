@@ -207,6 +207,13 @@ class StorageBackend(Protocol):
         (``result_ttl``); failures from the dead-letter table.
         """
 
+    async def queue_counts(self, *, exact_below: int) -> QueueCounts:
+        """``queue_stats`` for a dashboard: exact while the jobs table holds fewer than
+        ``exact_below`` rows; above that, queued/processing/cancelled and dead letters
+        stay exact and ``done`` is estimated (``QueueCounts.estimated``), so a page
+        never counts a million rows.
+        """
+
     # --- observability (soniq/events.py: webhooks outbox, job logs, gauges) --------
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
@@ -359,4 +366,12 @@ class ThroughputBucket:
     failed: int
 
 
-__all__ += ["JobCursor", "JobQuery", "ThroughputBucket"]
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """Per-queue counts; ``estimated`` when ``done`` counts are an estimate."""
+
+    stats: list[QueueStats]
+    estimated: bool
+
+
+__all__ += ["JobCursor", "JobQuery", "QueueCounts", "ThroughputBucket"]

@@ -50,3 +50,15 @@ def bucket(number: int, seconds: int, completed: int, failed: int) -> Throughput
     """Bucket ``number`` of ``seconds`` each, counted from the Unix epoch (UTC)."""
     start = EPOCH + timedelta(seconds=int(number) * seconds)
     return ThroughputBucket(start=start, completed=int(completed), failed=int(failed))
+
+
+SAMPLE_ROWS = 100_000
+"""Rows a sampled estimate reads, whatever the table's size."""
+
+
+def estimate_done(sample: dict[str, int], total: int) -> dict[str, int]:
+    """Split an estimated ``total`` of done rows over queues in the sample's proportions."""
+    seen = sum(sample.values())
+    if seen == 0:
+        return {}
+    return {queue: round(total * n / seen) for queue, n in sample.items()}

@@ -23,10 +23,17 @@ from soniq.backends import (
     Listener,
     MigrationInfo,
     MigrationReport,
+    QueueCounts,
     ThroughputBucket,
 )
 from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats
-from soniq.backends._dashboard import bucket, like_pattern, search_terms
+from soniq.backends._dashboard import (
+    SAMPLE_ROWS,
+    bucket,
+    estimate_done,
+    like_pattern,
+    search_terms,
+)
 from soniq.backends.migrations_pg import apply_migrations, migration_status, unavailable
 from soniq.errors import SchemaMissingError
 from soniq.events import (
@@ -387,6 +394,18 @@ class PostgresBackend:
     async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
         rows = await self.pool.fetch(q.JOB_THROUGHPUT, since, float(bucket_seconds))
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
+    async def queue_counts(self, *, exact_below: int) -> QueueCounts:
+        rows = await self.pool.fetchval(q.JOB_ROWS_ESTIMATE)
+        if rows is None or rows < exact_below:
+            return QueueCounts(stats=await self.queue_stats(), estimated=False)
+        live = [(r[0], r[1], int(r[2])) for r in await self.pool.fetch(q.QUEUE_STATS_LIVE)]
+        percent = min(100.0, 100.0 * SAMPLE_ROWS / rows)
+        sample = {r[0]: int(r[1]) for r in await self.pool.fetch(q.QUEUE_DONE_SAMPLE, percent)}
+        not_done = sum(n for _, status, n in live if status != "dead_letter")
+        done = estimate_done(sample, max(0, rows - not_done))
+        stats = build_queue_stats([*live, *((k, "done", n) for k, n in done.items())])
+        return QueueCounts(stats=stats, estimated=True)
 
     # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
     async def enqueue_observed(

@@ -37,6 +37,7 @@ from soniq.backends import (
     Listener,
     MigrationInfo,
     MigrationReport,
+    QueueCounts,
     ThroughputBucket,
 )
 from soniq.backends._common import (
@@ -518,6 +519,10 @@ class SQLiteBackend:
         params = {"since": _us(since), "bucket_us": int(bucket_seconds) * 1_000_000}
         rows = await self._fetch(q.JOB_THROUGHPUT, params)
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
+    async def queue_counts(self, *, exact_below: int) -> QueueCounts:
+        """Always exact: an embedded database small enough for SQLite counts quickly."""
+        return QueueCounts(stats=await self.queue_stats(), estimated=False)
 
     # === observability (soniq/events.py): webhooks outbox, job logs, gauges ==========
     async def enqueue_observed(

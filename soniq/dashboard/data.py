@@ -63,9 +63,15 @@ def now() -> datetime:
 # --- reads -----------------------------------------------------------------------
 
 
+EXACT_BELOW = 200_000
+"""Above this many rows in soniq_jobs, ``done`` counts are estimated (see queue_counts)."""
+
+
 async def queues(app: Soniq) -> list[dict[str, Any]]:
+    """Per-queue counts; each row says whether its ``done`` count is an estimate."""
     await app.ensure_initialized()
-    return [s.to_dict() for s in await app.backend.queue_stats()]
+    counts = await app.backend.queue_counts(exact_below=EXACT_BELOW)
+    return [{**s.to_dict(), "estimated": counts.estimated} for s in counts.stats]
 
 
 def totals(per_queue: list[dict[str, Any]]) -> dict[str, int]:
@@ -76,7 +82,8 @@ def totals(per_queue: list[dict[str, Any]]) -> dict[str, int]:
 
 async def stats(app: Soniq) -> dict[str, Any]:
     per_queue = await queues(app)
-    return {**totals(per_queue), "queues": len(per_queue)}
+    estimated = any(q["estimated"] for q in per_queue)
+    return {**totals(per_queue), "queues": len(per_queue), "estimated": estimated}
 
 
 async def timeline(app: Soniq, hours: int) -> Chart:
@@ -115,7 +122,7 @@ async def overview(app: Soniq) -> dict[str, Any]:
     )
     return {
         "queues": per_queue, "totals": totals(per_queue), "hour": hour, "day": day,
-        "workers": workers_now,
+        "workers": workers_now, "estimated": any(q["estimated"] for q in per_queue),
     }  # fmt: skip
 
 

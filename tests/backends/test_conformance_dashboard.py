@@ -164,3 +164,11 @@ async def test_job_throughput_counts_completions_and_dead_letters(dash_app: Soni
         assert b.start.timestamp() % 60 == 0
         assert since - timedelta(minutes=1) <= b.start <= datetime.now(UTC)
     assert await dash_app.backend.job_throughput(datetime.now(UTC) + timedelta(hours=1), 60) == []
+
+
+async def test_queue_counts_are_exact_below_the_threshold(dash_app: Soniq) -> None:
+    await dash_app.enqueue_many("dash.send", [{"n": i} for i in range(3)])
+    await dash_app.enqueue("dash.other", args={"n": 1})
+    counts = await dash_app.backend.queue_counts(exact_below=1_000_000)
+    assert counts.estimated is False
+    assert counts.stats == await dash_app.backend.queue_stats()

@@ -253,3 +253,27 @@ async def test_http_client_import_stays_out_of_soniq() -> None:
 
 
 __all__ = ["httpx"]
+
+
+async def test_large_tables_get_estimated_done_counts_and_exact_live_ones(app: Soniq) -> None:
+    """PostgreSQL above ``exact_below``: live statuses exact, done split by a sample."""
+    import asyncpg
+
+    register(app)
+    ids = await app.enqueue_many("dash.send", [{"to": str(i)} for i in range(40)])
+    await app.enqueue("dash.fail", args={"n": 1})
+    await app.run_worker(run_once=True)
+    await app.enqueue_many("dash.send", [{"to": "q"}] * 3, queue="other")
+    await app.cancel_job(ids[0])  # already done: stays done
+    conn = await asyncpg.connect(app.database_url)
+    await conn.execute("ANALYZE soniq_jobs")
+    await conn.close()
+    counts = await app.backend.queue_counts(exact_below=1)
+    assert counts.estimated is True
+    by_queue = {s.queue: s for s in counts.stats}
+    assert by_queue["other"].queued == 3 and by_queue["default"].dead_letter == 1
+    assert by_queue["default"].done == 40  # a 100% sample of a small table is exact
+    exact = {s.queue: s for s in await app.backend.queue_stats()}
+    assert {
+        q: (s.queued, s.processing, s.cancelled, s.dead_letter) for q, s in by_queue.items()
+    } == {q: (s.queued, s.processing, s.cancelled, s.dead_letter) for q, s in exact.items()}
