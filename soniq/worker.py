@@ -41,7 +41,7 @@ from soniq.hooks import HookSet
 from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
 from soniq.retry import retry_delay_seconds
 from soniq.serialization import dumps_strict
-from soniq.settings import SoniqSettings, worker_pool_size
+from soniq.settings import SoniqSettings
 
 log = logging.getLogger("soniq.worker")
 
@@ -348,19 +348,13 @@ class Worker:
 
     # --- start, side loops, shutdown --------------------------------------
     def _check_capacity(self, concurrency: int) -> None:
-        """Size the pool for ``concurrency`` before it opens (rule: ``worker_pool_size``)."""
+        """Let the backend make room for ``concurrency`` jobs before it opens (a pool size)."""
         if concurrency < 1:
             raise WorkerError(
                 f"concurrency must be at least 1, got {concurrency}; pass 1 or more "
                 "(--concurrency, SONIQ_CONCURRENCY)"
             )
-        if self.backend.name == "postgres":
-            size = worker_pool_size(self.settings, concurrency)
-            if size != self.settings.pool_max_size:
-                # Read by the backend when it opens the pool; a pool this instance
-                # already opened keeps its size (set pool_max_size to choose it).
-                log.info("Connection pool sized to %d for concurrency %d", size, concurrency)
-                self.settings.pool_max_size = size
+        self.backend.reserve_capacity(concurrency)
 
     async def _start(
         self, concurrency: int, queues: list[str] | None, *, listen: bool

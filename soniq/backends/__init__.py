@@ -80,6 +80,13 @@ class StorageBackend(Protocol):
     def acquire(self) -> AbstractAsyncContextManager[Any]:
         """Lend a raw connection for transactional enqueue (PostgreSQL); others raise ValueError."""
 
+    def reserve_capacity(self, concurrency: int) -> None:
+        """Make room, before ``open()``, for a worker running ``concurrency`` jobs at once.
+
+        PostgreSQL sizes its pool by ``soniq.settings.worker_pool_size`` (a pool
+        opened already keeps its size); the embedded backends need nothing.
+        """
+
     async def migrate(self) -> MigrationReport:
         """Create the database if missing and apply pending migrations, safely concurrent."""
 

@@ -62,7 +62,7 @@ from soniq.job import (
     Schedule,
     WorkerInfo,
 )
-from soniq.settings import SoniqSettings
+from soniq.settings import SoniqSettings, worker_pool_size
 from soniq.sql import postgres_queries as q
 from soniq.utils import describe_target
 
@@ -145,6 +145,14 @@ class PostgresBackend:
                 "The PostgreSQL pool is not open; call `await app.ensure_initialized()` first"
             )
         return self._pool
+
+    def reserve_capacity(self, concurrency: int) -> None:
+        """Grow the pool this backend will open to fit ``concurrency`` running jobs."""
+        size = worker_pool_size(self.settings, concurrency)
+        if size != self.settings.pool_max_size:
+            # Read when the pool opens; a pool already open keeps its size.
+            log.info("Connection pool sized to %d for concurrency %d", size, concurrency)
+            self.settings.pool_max_size = size
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Any]:

@@ -158,6 +158,9 @@ class SQLiteBackend:
     def acquire(self) -> AbstractAsyncContextManager[Any]:
         return no_connections(self.name)
 
+    def reserve_capacity(self, concurrency: int) -> None:
+        """One connection serves any concurrency: nothing to size."""
+
     async def migrate(self) -> MigrationReport:
         report = await self._apply_migrations(await self._connection())
         self._migrated = True
