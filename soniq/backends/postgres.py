@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -35,7 +36,14 @@ from soniq.backends._dashboard import (
     search_terms,
 )
 from soniq.backends.migrations_pg import apply_migrations, migration_status, unavailable
-from soniq.errors import SchemaMissingError
+from soniq.backends.pg_liveness import (
+    CONNECTION_ERRORS,
+    Liveness,
+    PgListener,
+    close_quietly,
+    pool_is_direct,
+)
+from soniq.errors import DatabaseUnavailableError, SchemaMissingError
 from soniq.events import (
     DeliveryResult,
     JobLogEntry,
@@ -68,24 +76,10 @@ from soniq.utils import describe_target
 
 log = logging.getLogger("soniq.postgres")
 CLOSE_TIMEOUT = 10.0
-
-
-class _PgListener:
-    """A dedicated connection holding ``LISTEN soniq_new_job``."""
-
-    def __init__(self, conn: Any, callback: Callable[[Any, int, str, str], None]) -> None:
-        self._conn = conn
-        self._callback = callback
-
-    def is_alive(self) -> bool:
-        return not self._conn.is_closed()
-
-    async def close(self) -> None:
-        if self._conn.is_closed():
-            return
-        with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-            await self._conn.remove_listener(q.CHANNEL, self._callback)
-        await self._conn.close(timeout=2)
+# A worker's claims start after its previous claim (see JOB_CLAIM_*_AFTER) for at most
+# this long before a claim from the head of the index checks for anything that sorts
+# before the cursor; that is also the longest such a job can be passed over.
+CLAIM_CURSOR_TTL = 1.0
 
 
 class PostgresBackend:
@@ -99,6 +93,8 @@ class PostgresBackend:
         self.settings = settings
         self._pool: Any = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._liveness: Liveness | None = None  # this process's direct connections
+        self._cursors: dict[tuple[str, tuple[str, ...] | None], _Cursor] = {}
 
     # --- lifecycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -107,16 +103,17 @@ class PostgresBackend:
                 return
             # The pool belongs to an event loop that has ended (a second asyncio.run(),
             # a new test loop): its connections cannot be used from here. Start afresh.
-            self._pool, self._pool_loop = None, None
-        try:
-            pool = await asyncpg.create_pool(
-                self.database_url,
-                min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
-                max_size=self.settings.pool_max_size,
-                reset=_keep_session,
-            )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise unavailable(self.database_url, exc) from None
+            self._pool, self._pool_loop, self._liveness = None, None, None
+        pool = await self._create_pool(statement_cache=True)
+        # Behind PgBouncer in transaction mode a connection is no session of its own:
+        # no named prepared statements there, and LISTEN and the workers' liveness
+        # locks need a direct connection (listen_database_url) or none at all.
+        direct = await pool_is_direct(self.database_url, pool)
+        if not direct:
+            await pool.close()
+            pool = await self._create_pool(statement_cache=False)
+            log.info("database_url goes through a transaction-mode pooler: no prepared statements")
+        direct_url = self.settings.listen_database_url or (self.database_url if direct else None)
         async with pool.acquire() as conn:
             present = await conn.fetchval(q.SCHEMA_PRESENT)
         if not present:
@@ -126,11 +123,37 @@ class PostgresBackend:
                 "Run `soniq setup` (or `await app.setup()`) once to create them."
             )
         self._pool, self._pool_loop = pool, asyncio.get_running_loop()
+        self._liveness = Liveness(pool, direct_url, self.settings)
+
+    async def _create_pool(self, *, statement_cache: bool) -> Any:
+        try:
+            return await asyncpg.create_pool(
+                self.database_url,
+                min_size=min(self.settings.pool_min_size, self.settings.pool_max_size),
+                max_size=self.settings.pool_max_size,
+                reset=_keep_session,
+                **({} if statement_cache else {"statement_cache_size": 0}),
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise unavailable(self.database_url, exc) from None
+
+    @property
+    def liveness(self) -> Liveness:
+        if self._liveness is None:
+            raise RuntimeError(
+                "The PostgreSQL pool is not open; call `await app.ensure_initialized()` first"
+            )
+        return self._liveness
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        liveness, self._liveness = self._liveness, None
+        self._cursors.clear()
         if pool is None or self._pool_loop is not asyncio.get_running_loop():
             return  # a pool of an ended event loop cannot be awaited: dropped
+        if liveness is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await asyncio.wait_for(liveness.close(), CLOSE_TIMEOUT)
         try:
             # Graceful close waits for every borrowed connection; never wait forever.
             await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
@@ -172,10 +195,33 @@ class PostgresBackend:
 
     # --- producing ---------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
-        if connection is None:
-            async with self.pool.acquire() as conn:
-                return await self._enqueue_on(conn, jobs)
-        return await self._enqueue_on(connection, jobs)
+        if connection is not None:
+            return await self._enqueue_on(connection, jobs)
+        async with self._producing() as conn:
+            return await self._enqueue_on(conn, jobs)
+
+    @asynccontextmanager
+    async def _producing(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection for an enqueue; losing the database is a clear, retryable
+        ``DatabaseUnavailableError`` that says whether anything may have been written."""
+        try:
+            holder = self.pool.acquire()
+            conn = await holder.__aenter__()
+        except CONNECTION_ERRORS as exc:
+            raise _outage(self.database_url, exc, sent=False) from exc
+        try:
+            if transaction:
+                async with conn.transaction():
+                    yield conn
+            else:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            if not _lost(conn, exc):
+                raise
+            raise _outage(self.database_url, exc, sent=True) from exc
+        finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await holder.__aexit__(None, None, None)
 
     async def _enqueue_on(self, conn: Any, jobs: Sequence[NewJob]) -> list[str]:
         dedup = any(j.dedup_key is not None for j in jobs)
@@ -204,22 +250,47 @@ class PostgresBackend:
         self, queues: Sequence[str] | None, worker_id: str, limit: int
     ) -> list[ClaimedJob]:
         lease = uuid.uuid4()
-        if not queues:
-            rows = await self.pool.fetch(q.JOB_CLAIM_ALL, worker_id, limit, lease)
-        elif len(queues) == 1:
-            rows = await self.pool.fetch(q.JOB_CLAIM_ONE_QUEUE, worker_id, limit, lease, queues[0])
-        else:
-            rows = await self.pool.fetch(q.JOB_CLAIM_QUEUES, worker_id, limit, lease, list(queues))
-        lease_s = str(lease)
+        key = (worker_id, tuple(queues) if queues else None)
+        cursor, now = self._cursors.get(key), time.monotonic()
+        rows: list[Any] = []
+        if cursor is not None and now - cursor.full_at < CLAIM_CURSOR_TTL:
+            rows = await self.pool.fetch(*_claim_after(queues, worker_id, limit, lease, cursor))
+        short = len(rows) < limit
+        if short:  # from the head of the index: exact order, whatever the cursor skipped
+            rows += await self.pool.fetch(*_claim_head(queues, worker_id, limit - len(rows), lease))
         rows.sort(key=_claim_order)  # RETURNING keeps no order
-        return [
-            ClaimedJob(
-                id=str(r[0]), job_name=r[1], args=json.loads(r[2]), queue=r[3], attempt=r[4],
-                max_attempts=r[5], lease=lease_s, scheduled_at=r[6], created_at=r[7],
+        if rows:
+            last = _claim_order(rows[-1])
+            if cursor is not None and not short:
+                self._cursors[key] = _Cursor(max(last, cursor.position), cursor.full_at)
+            else:
+                self._cursors[key] = _Cursor(last, now)
+        elif short:
+            self._cursors.pop(key, None)
+        return await self._decoded(rows, str(lease))
+
+    async def _decoded(self, rows: list[Any], lease: str) -> list[ClaimedJob]:
+        """The claimed rows as jobs; a row whose arguments cannot be decoded into keyword
+        arguments (written by hand, or by another producer) is dead-lettered with the
+        reason instead of failing the whole claim."""
+        jobs: list[ClaimedJob] = []
+        bad: list[Ack] = []
+        for r in rows:
+            args, error = _decode_args(r[2])
+            job = ClaimedJob(
+                id=str(r[0]), job_name=r[1], args=args, queue=r[3], attempt=r[4],
+                max_attempts=r[5], lease=lease, scheduled_at=r[6], created_at=r[7],
                 priority=r[8],
-            )
-            for r in rows
-        ]  # fmt: skip
+            )  # fmt: skip
+            if error is None:
+                jobs.append(job)
+            else:
+                bad.append(Ack(job, Fail(error, None)))
+        if bad:
+            log.error("Dead-lettered %d jobs whose arguments cannot be decoded", len(bad))
+            async with self.pool.acquire() as conn:
+                await self._ack_other(conn, bad)
+        return jobs
 
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
         done = [a for a in acks if isinstance(a.outcome, Done)]
@@ -252,16 +323,24 @@ class PostgresBackend:
                 await conn.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        """Register, holding the worker's liveness lock on a connection of its own first
+        (soniq/backends/pg_liveness.py): its death frees the lock, and a sweep requeues
+        its jobs seconds later."""
+        key = await self.liveness.hold(info.id)
         await self.pool.execute(
-            q.WORKER_REGISTER, info.id, info.hostname, info.pid, info.queues, info.concurrency
-        )
+            q.WORKER_REGISTER_LOCKED, info.id, info.hostname, info.pid, info.queues,
+            info.concurrency, key,
+        )  # fmt: skip
 
     async def heartbeat(self, worker_id: str) -> bool:
         status = await self.pool.execute(q.WORKER_HEARTBEAT, worker_id)
         return bool(status != "UPDATE 0")
 
     async def deregister_worker(self, worker_id: str) -> None:
+        for key in [k for k in self._cursors if k[0] == worker_id]:
+            del self._cursors[key]
         await self.pool.execute(q.WORKER_DEREGISTER, worker_id)
+        await self.liveness.release(worker_id)  # after the row: no window where it looks lost
 
     async def recover_stale(self, heartbeat_timeout: float) -> int:
         async with self.pool.acquire() as conn:
@@ -280,19 +359,25 @@ class PostgresBackend:
         await self.pool.execute(q.LEASE_RELEASE, role, owner)
 
     async def listen(self, on_new_job: Callable[[str], None]) -> Listener | None:
-        """LISTEN on a dedicated connection, outside the pool (PgBouncer users may point
-        ``database_url`` at the pooler; LISTEN failing there just means polling)."""
-
-        def callback(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_new_job(payload)
-
+        """LISTEN on a direct connection of its own, checked for health; None (poll) when
+        there is none: ``database_url`` is a transaction-mode pooler and no
+        ``listen_database_url`` is set, or the server cannot be reached."""
         try:
-            conn = await asyncpg.connect(self.database_url)
-            await conn.add_listener(q.CHANNEL, callback)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn = await self.liveness.connect("soniq-listen")
+        except CONNECTION_ERRORS as exc:
             log.warning("LISTEN %s unavailable (%s); polling instead", q.CHANNEL, exc)
             return None
-        return _PgListener(conn, callback)
+        if conn is None:
+            return None
+        listener = PgListener(conn, on_new_job, self.settings.heartbeat_interval)
+        try:
+            await conn.add_listener(q.CHANNEL, listener.deliver)
+        except CONNECTION_ERRORS as exc:
+            await listener.close()
+            await close_quietly(conn)
+            log.warning("LISTEN %s unavailable (%s); polling instead", q.CHANNEL, exc)
+            return None
+        return listener
 
     # --- reads and management ---------------------------------------------
     async def get_job(self, job_id: str) -> Job | None:
@@ -421,7 +506,7 @@ class PostgresBackend:
     ) -> list[str]:
         if connection is not None:  # the caller's transaction, if they opened one
             return await self._enqueue_recorded(connection, jobs, records)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._producing(transaction=True) as conn:
             return await self._enqueue_recorded(conn, jobs, records)
 
     async def _enqueue_recorded(
@@ -519,6 +604,74 @@ async def _full_reset(conn: Any) -> None:
 
 def _claim_order(r: Any) -> tuple[int, datetime, int]:
     return r[8], r[6], r[9]
+
+
+class _Cursor:
+    """Where a worker's last claim ended (priority, scheduled_at, seq), and when it last
+    claimed from the head of the index."""
+
+    __slots__ = ("full_at", "position")
+
+    def __init__(self, position: tuple[int, datetime, int], full_at: float) -> None:
+        self.position, self.full_at = position, full_at
+
+
+def _claim_head(
+    queues: Sequence[str] | None, worker_id: str, limit: int, lease: uuid.UUID
+) -> tuple[Any, ...]:
+    if not queues:
+        return q.JOB_CLAIM_ALL, worker_id, limit, lease
+    if len(queues) == 1:
+        return q.JOB_CLAIM_ONE_QUEUE, worker_id, limit, lease, queues[0]
+    return q.JOB_CLAIM_QUEUES, worker_id, limit, lease, list(queues)
+
+
+def _claim_after(
+    queues: Sequence[str] | None, worker_id: str, limit: int, lease: uuid.UUID, cursor: _Cursor
+) -> tuple[Any, ...]:
+    if not queues:
+        return q.JOB_CLAIM_ALL_AFTER, worker_id, limit, lease, *cursor.position
+    if len(queues) == 1:
+        return q.JOB_CLAIM_ONE_QUEUE_AFTER, worker_id, limit, lease, queues[0], *cursor.position
+    return q.JOB_CLAIM_QUEUES_AFTER, worker_id, limit, lease, list(queues), *cursor.position
+
+
+def _decode_args(text: str) -> tuple[dict[str, Any], str | None]:
+    """(arguments, None), or ({}, why they cannot be a handler's keyword arguments)."""
+    try:
+        args = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return {}, f"SerializationError: the job's arguments cannot be decoded ({exc!r:.200})"
+    if not isinstance(args, dict):
+        return {}, (
+            "SerializationError: the job's arguments are a JSON "
+            f"{type(args).__name__}, not an object of keyword arguments"
+        )
+    return args, None
+
+
+def _lost(conn: Any, exc: BaseException) -> bool:
+    """Did ``exc`` come from losing the connection (rather than from the statement)?"""
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(
+            exc, (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
+        ) and not isinstance(exc, asyncpg.QueryCanceledError)
+    return isinstance(exc, (OSError, asyncio.TimeoutError)) or bool(conn.is_closed())
+
+
+def _outage(url: str, exc: BaseException, *, sent: bool) -> DatabaseUnavailableError:
+    where = describe_target(url)
+    if not sent:
+        return DatabaseUnavailableError(
+            f"PostgreSQL ({where}) cannot be reached ({type(exc).__name__}: {exc}); nothing "
+            "was enqueued. This is retryable: enqueue again once the database is back."
+        )
+    return DatabaseUnavailableError(
+        f"The connection to PostgreSQL ({where}) was lost during the enqueue "
+        f"({type(exc).__name__}: {exc}), so the job may or may not have been written. This "
+        "is retryable: enqueue again with a dedup_key (or unique=True) so that the retry "
+        "cannot add a second copy."
+    )
 
 
 def _row(j: NewJob) -> tuple[Any, ...]:

@@ -559,3 +559,113 @@ PSYCOPG_STATEMENTS: dict[str, str] = {
     JOB_LOGS_INSERT: PSYCOPG_JOB_LOGS_INSERT,
     OUTBOX_FANOUT: PSYCOPG_OUTBOX_FANOUT,
 }
+
+
+# === Reliability: liveness locks, pooler probe, claims that survive bloat ===========
+# soniq/backends/postgres.py (_WorkerSession, claim); schema in 0005_reliability.sql.
+
+# A worker's liveness lock, on its own direct connection: session-level, so it is
+# released by PostgreSQL itself the moment that connection ends (process killed,
+# socket closed, pg_terminate_backend, server restart).
+WORKER_LOCK = "SELECT pg_try_advisory_lock($1::bigint)"
+WORKER_REGISTER_LOCKED = """
+INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, lock_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), lock_key = EXCLUDED.lock_key
+"""
+# Workers whose lock nobody holds, other than this process's own ($1). The probe
+# takes a free lock only for this statement (transaction-level), so it never
+# outlives the look.
+WORKER_LOCKS_FREE = """
+SELECT id FROM soniq_workers
+WHERE lock_key IS NOT NULL AND NOT (id = ANY($1::uuid[]))
+  AND pg_try_advisory_xact_lock(lock_key)
+"""
+# Delete the workers found gone, re-checking the lock in the same transaction: a
+# worker that reconnected and took its lock back since the look is left alone (and
+# the transaction-level lock held until commit keeps it from retaking it half-way).
+WORKER_DELETE_LOST = """
+DELETE FROM soniq_workers
+WHERE id = ANY($1::uuid[]) AND lock_key IS NOT NULL AND pg_try_advisory_xact_lock(lock_key)
+RETURNING id
+"""
+# The jobs of exactly those workers ($2): requeued, or dead-lettered on their last
+# attempt; the same statement as JOB_RECOVER_ORPHANS ($1 = the error template), narrowed.
+_ORPHAN_TEST = "AND NOT EXISTS (SELECT 1 FROM soniq_workers w WHERE w.id = j.worker_id)"
+assert _ORPHAN_TEST in JOB_RECOVER_ORPHANS
+JOB_RECOVER_OF_WORKERS = JOB_RECOVER_ORPHANS.replace(
+    _ORPHAN_TEST, "AND j.worker_id = ANY($2::uuid[])"
+)
+
+# Is this connection a session of its own? LISTEN on it and NOTIFY from another
+# connection: through a transaction-mode pooler the notification reaches whichever
+# server session ran the LISTEN, never this client. Simple-query protocol only (no
+# prepared statement), since it runs before we know. The channel is generated.
+PROBE_NOTIFY = 'NOTIFY "{channel}"'
+PROBE_CHANNEL_PREFIX = "soniq_probe_"
+
+# Claim, starting the index walk after this worker's previous claim ($cursor =
+# priority, scheduled_at, seq of the last job it took) instead of at the index's
+# head. Every claimed row leaves a dead entry at the head of the claim index until
+# vacuum removes it; a long transaction anywhere in the database keeps vacuum from
+# doing so, and then each claim from the head walks every job claimed since - the
+# queue slows down as it churns. Starting after the cursor skips them. `earlier`
+# still finds anything more urgent than the cursor, so priority stays exact; a job
+# of the cursor's priority due before it (a transaction that committed late, an
+# explicit past run time) is found by the full claim the backend falls back to when
+# this one comes back short, or at the latest after CLAIM_CURSOR_TTL seconds.
+_CLAIM_AFTER = """
+WITH earlier AS (
+    SELECT id, priority, scheduled_at, seq FROM soniq_jobs
+    WHERE status = 'queued' AND scheduled_at <= now() AND priority < ${p} {queue_filter}
+    ORDER BY priority, scheduled_at, seq
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), later AS (
+    SELECT id, priority, scheduled_at, seq FROM soniq_jobs
+    WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
+      AND {after}
+    ORDER BY priority, scheduled_at, seq
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), next AS (
+    SELECT id FROM (SELECT * FROM earlier UNION ALL SELECT * FROM later) c
+    ORDER BY priority, scheduled_at, seq
+    LIMIT $2
+)
+UPDATE soniq_jobs j
+SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $3,
+    started_at = now(), updated_at = now()
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
+          j.scheduled_at, j.created_at, j.priority, j.seq
+"""
+JOB_CLAIM_ALL_AFTER = _CLAIM_AFTER.format(
+    queue_filter="", p=4, after="(priority, scheduled_at, seq) > ($4, $5, $6)"
+)
+# One queue: the row comparison spells out soniq_jobs_claim_queue_idx's columns, so
+# the walk starts at the cursor inside that queue's part of the index.
+JOB_CLAIM_ONE_QUEUE_AFTER = _CLAIM_AFTER.format(
+    queue_filter="AND queue = $4", p=5,
+    after="(queue, priority, scheduled_at, seq) > ($4, $5, $6, $7)",
+)  # fmt: skip
+JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(
+    queue_filter="AND queue = ANY($4::text[])", p=5,
+    after="(priority, scheduled_at, seq) > ($5, $6, $7)",
+)  # fmt: skip
+# A worker that took its lock back after losing it (reconnect) records the key again.
+WORKER_SET_LOCK_KEY = """
+UPDATE soniq_workers SET lock_key = $2 WHERE id = $1 AND lock_key IS DISTINCT FROM $2
+"""
+# A dedicated connection's settings: the server drops a peer that vanished (host down,
+# network partition) within about 25 s instead of the OS default of two hours, which
+# releases its lock; server-wide idle timeouts must not end a connection that is idle
+# on purpose.
+SESSION_SETUP = """
+SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3;
+SET idle_in_transaction_session_timeout = 0
+"""
+SESSION_SETUP_IDLE = "SET idle_session_timeout = 0"  # PostgreSQL 14+
+# Health check of a dedicated connection: no answer within a timeout means half-open.
+SESSION_CHECK = "SELECT 1"
