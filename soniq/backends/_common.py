@@ -7,6 +7,7 @@ workers that share the producer's process (SQLite and memory have no NOTIFY).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -127,3 +128,21 @@ class InProcessListeners:
                 log.exception("new-job listener raised; ignoring")
         elif not sub.loop.is_closed():
             sub.loop.call_soon_threadsafe(sub.callback, queue)
+
+
+def decode_args(text: str) -> tuple[dict[str, Any], str | None]:
+    """A claimed row's arguments: (kwargs, None), or ({}, why they cannot be kwargs).
+
+    A row written by hand or by another producer may hold anything; the backends
+    dead-letter such a job with this reason at claim, so a worker never stalls on it.
+    """
+    try:
+        args = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return {}, f"SerializationError: the job's arguments cannot be decoded ({exc!r:.200})"
+    if not isinstance(args, dict):
+        return {}, (
+            "SerializationError: the job's arguments are a JSON "
+            f"{type(args).__name__}, not an object of keyword arguments"
+        )
+    return args, None

@@ -27,7 +27,7 @@ from soniq.backends import (
     QueueCounts,
     ThroughputBucket,
 )
-from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats
+from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats, decode_args
 from soniq.backends._dashboard import (
     SAMPLE_ROWS,
     bucket,
@@ -276,7 +276,7 @@ class PostgresBackend:
         jobs: list[ClaimedJob] = []
         bad: list[Ack] = []
         for r in rows:
-            args, error = _decode_args(r[2])
+            args, error = decode_args(r[2])
             job = ClaimedJob(
                 id=str(r[0]), job_name=r[1], args=args, queue=r[3], attempt=r[4],
                 max_attempts=r[5], lease=lease, scheduled_at=r[6], created_at=r[7],
@@ -634,20 +634,6 @@ def _claim_after(
     if len(queues) == 1:
         return q.JOB_CLAIM_ONE_QUEUE_AFTER, worker_id, limit, lease, queues[0], *cursor.position
     return q.JOB_CLAIM_QUEUES_AFTER, worker_id, limit, lease, list(queues), *cursor.position
-
-
-def _decode_args(text: str) -> tuple[dict[str, Any], str | None]:
-    """(arguments, None), or ({}, why they cannot be a handler's keyword arguments)."""
-    try:
-        args = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return {}, f"SerializationError: the job's arguments cannot be decoded ({exc!r:.200})"
-    if not isinstance(args, dict):
-        return {}, (
-            "SerializationError: the job's arguments are a JSON "
-            f"{type(args).__name__}, not an object of keyword arguments"
-        )
-    return args, None
 
 
 def _lost(conn: Any, exc: BaseException) -> bool:

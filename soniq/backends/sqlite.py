@@ -44,6 +44,7 @@ from soniq.backends._common import (
     LOST_WORKER_ERROR,
     InProcessListeners,
     build_queue_stats,
+    decode_args,
     no_connections,
     normalize_id,
 )
@@ -336,7 +337,18 @@ class SQLiteBackend:
         async with self._write() as conn:
             rows = await _claim_rows(conn, queues, params)
         rows.sort(key=_claim_order)
-        return [_claimed(r, lease) for r in rows]
+        jobs: list[ClaimedJob] = []
+        undecodable: list[Ack] = []
+        for r in rows:
+            args, error = decode_args(r["args"])
+            job = _claimed(r, lease, args)
+            if error is None:
+                jobs.append(job)
+            else:  # dead-lettered with the reason rather than stalling the worker
+                undecodable.append(Ack(job, Fail(error, None)))
+        if undecodable:
+            await self.ack(undecodable, result_ttl=0)
+        return jobs
 
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
         batches = _ack_batches(acks, utc_now(), result_ttl)
@@ -760,9 +772,9 @@ def _job_params(j: NewJob, now: int) -> Params:
     }  # fmt: skip
 
 
-def _claimed(r: sqlite3.Row, lease: str) -> ClaimedJob:
+def _claimed(r: sqlite3.Row, lease: str, args: dict[str, Any]) -> ClaimedJob:
     return ClaimedJob(
-        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        id=r["id"], job_name=r["job_name"], args=args, queue=r["queue"],
         attempt=r["attempts"], max_attempts=r["max_attempts"], lease=lease,
         scheduled_at=_dt(r["scheduled_at"]), created_at=_dt(r["created_at"]),
         priority=r["priority"],
