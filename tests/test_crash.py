@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from soniq import Soniq
-from soniq.errors import WorkerError
-from soniq.job import Done, Fail, Requeue, Retry, WorkerInfo
+from soniq.job import WorkerInfo
 from tests.helpers import FAST_SETTINGS, wait_until
-from tests.worker_support import connect, dead_row, job_row, make_worker, running
+from tests.worker_support import connect, job_row
 
 WORKER_SCRIPT = """
 import asyncio, logging, os, sys
@@ -335,45 +334,6 @@ async def test_sigterm_past_grace_requeues_with_attempt_unspent(
     assert await fetchval(pg_url, "SELECT count(*) FROM soniq_workers") == 0
 
 
-# --- (e) a late ack from a worker that lost its job is ignored ---------------------------------
-
-
-async def test_late_ack_with_an_old_lease_is_ignored(app: Soniq) -> None:
-    @app.job(retries=3)
-    async def work() -> None:
-        return None
-
-    job_id = await app.enqueue(work)
-    backend = app.backend
-    old_worker, new_worker = _info(), _info()
-    await backend.register_worker(old_worker)
-    [old] = await backend.claim(None, old_worker.id, 10)
-    assert old.id == job_id and old.attempt == 1
-    # old worker dies: its heartbeat goes stale and a sweep recovers the job
-    async with connect(app.database_url) as conn:
-        await conn.execute(
-            "UPDATE soniq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = $1",
-            old_worker.id,
-        )
-    assert await backend.recover_stale(1.5) == 1
-    await backend.register_worker(new_worker)
-    [new] = await backend.claim(None, new_worker.id, 10)
-    assert new.id == job_id and new.attempt == 2 and new.lease != old.lease
-    before = await job_row(app.database_url, job_id)
-
-    for outcome in (Done('"late"'), Retry(before["scheduled_at"], "late"), Fail("late", None),
-                    Requeue()):  # fmt: skip
-        await backend.ack([_ack(old, outcome)], result_ttl=300)
-        after = await job_row(app.database_url, job_id)
-        assert dict(after) == dict(before), outcome
-    assert await dead_row(app.database_url, job_id) is None
-
-    await backend.ack([_ack(new, Done('"fresh"'))], result_ttl=300)
-    assert await app.get_result(job_id) == "fresh"
-    await backend.ack([_ack(old, Fail("too late", None))], result_ttl=300)  # still ignored
-    assert await app.get_result(job_id) == "fresh"
-
-
 # --- (f) a crashed run_once worker's job is recovered ------------------------------------------
 
 
@@ -395,66 +355,6 @@ async def test_job_of_a_crashed_run_once_worker_is_recovered(
     runs = await fetch(pg_url, "SELECT pid, attempt FROM runs ORDER BY at")
     assert [tuple(r) for r in runs] == [(once.pid, 1), (rescuer.pid, 2)]
     assert once_id not in [r[0] for r in await fetch(pg_url, "SELECT id::text FROM soniq_workers")]
-
-
-# --- (g) expired results are pruned -----------------------------------------------------------
-
-
-async def test_expired_results_are_pruned(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "result_ttl": 1})
-    try:
-
-        @app.job()
-        async def answer() -> int:
-            return 42
-
-        job_id = await app.enqueue(answer)
-        worker = make_worker(app)
-        async with running(worker):
-            await wait_until(lambda: app.get_result(job_id), timeout=5, message="done")
-            row = await job_row(pg_url, job_id)
-            assert row["status"] == "done" and row["expires_at"] is not None
-            ttl = (row["expires_at"] - row["completed_at"]).total_seconds()
-            assert ttl == pytest.approx(1, abs=0.01)
-            await wait_until(
-                lambda: _gone(pg_url, job_id), timeout=5, message="pruned after result_ttl"
-            )
-        assert await app.get_job_status(job_id) is None
-    finally:
-        await app.close()
-
-
-async def test_result_ttl_zero_keeps_no_row(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "result_ttl": 0})
-    try:
-
-        @app.job()
-        async def answer() -> int:
-            return 42
-
-        job_id = await app.enqueue(answer)
-        assert await app.run_worker(run_once=True)
-        assert await job_row(pg_url, job_id) is None
-    finally:
-        await app.close()
-
-
-# --- (h) a pool too small for the concurrency -------------------------------------------------
-
-
-async def test_pool_too_small_for_concurrency_is_a_worker_error(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "pool_max_size": 20})
-    try:
-        with pytest.raises(WorkerError, match="SONIQ_POOL_MAX_SIZE") as info:
-            await app.run_worker(concurrency=50)
-        assert "50" in str(info.value) and "20" in str(info.value)
-        assert await fetchval(pg_url, "SELECT count(*) FROM soniq_workers") == 0
-        with pytest.raises(WorkerError, match="SONIQ_POOL_MAX_SIZE"):
-            await app.run_worker(concurrency=50, run_once=True)
-        with pytest.raises(WorkerError, match="concurrency"):
-            await app.run_worker(concurrency=0)
-    finally:
-        await app.close()
 
 
 # --- helpers ------------------------------------------------------------------------------------

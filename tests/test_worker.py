@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from soniq import JobContext, Soniq
-from soniq.errors import JobTimeoutError
+from soniq.errors import JobTimeoutError, WorkerError
 from soniq.worker import Worker
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.worker_support import (
@@ -594,3 +594,53 @@ async def _heartbeat_advances(app: Soniq, worker: Worker) -> None:
 async def _later(beat: Any, first: datetime) -> bool:
     now = await beat()
     return now is not None and now > first
+
+
+# --- maintenance: expired results are pruned ------------------------------------------
+
+
+async def test_expired_results_are_pruned(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "result_ttl": 1})
+    try:
+
+        @app.job()
+        async def answer() -> int:
+            return 42
+
+        job_id = await app.enqueue(answer)
+        worker = make_worker(app)
+        async with running(worker):
+            await wait_until(lambda: app.get_result(job_id), timeout=5, message="done")
+            row = await job_row(pg_url, job_id)
+            assert row["status"] == "done" and row["expires_at"] is not None
+            ttl = (row["expires_at"] - row["completed_at"]).total_seconds()
+            assert ttl == pytest.approx(1, abs=0.01)
+            await wait_until(
+                lambda: _gone(pg_url, job_id), timeout=5, message="pruned after result_ttl"
+            )
+        assert await app.get_job_status(job_id) is None
+    finally:
+        await app.close()
+
+
+# --- a pool too small for the concurrency is refused at start ----------------------------
+
+
+async def test_pool_too_small_for_concurrency_is_a_worker_error(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "pool_max_size": 20})
+    try:
+        with pytest.raises(WorkerError, match="SONIQ_POOL_MAX_SIZE") as info:
+            await app.run_worker(concurrency=50)
+        assert "50" in str(info.value) and "20" in str(info.value)
+        async with connect(pg_url) as conn:
+            assert await conn.fetchval("SELECT count(*) FROM soniq_workers") == 0
+        with pytest.raises(WorkerError, match="SONIQ_POOL_MAX_SIZE"):
+            await app.run_worker(concurrency=50, run_once=True)
+        with pytest.raises(WorkerError, match="concurrency"):
+            await app.run_worker(concurrency=0)
+    finally:
+        await app.close()
+
+
+async def _gone(url: str, job_id: str) -> bool:
+    return await job_row(url, job_id) is None
