@@ -2,6 +2,7 @@
 
 Usage:
     python bench/dashboard.py [--rows 1000000] [--repeat 5]
+    python bench/dashboard.py --drain 50000 [--repeat 3]   # claim+ack cost of the indexes
 
 Uses $BENCH_DATABASE_URL or postgresql://postgres@127.0.0.1:5432/soniq_bench_dashboard
 (dropped and recreated). Rows are written by one INSERT ... SELECT generate_series:
@@ -58,6 +59,9 @@ async def fresh(url: str, rows: int) -> None:
     await app.close()
     conn = await asyncpg.connect(url)
     started = time.perf_counter()
+    if rows == 0:
+        await conn.close()
+        return
     await conn.execute(FILL, rows)
     await conn.execute(DEAD)
     await conn.execute("VACUUM ANALYZE soniq_jobs")
@@ -120,9 +124,65 @@ async def main(rows: int, repeat: int) -> None:
     await app.close()
 
 
+DASHBOARD_INDEXES = (
+    "soniq_jobs_recent_idx", "soniq_jobs_live_recent_idx", "soniq_jobs_task_recent_idx",
+    "soniq_jobs_completed_idx",
+)  # fmt: skip
+
+
+async def drain_once(url: str, n: int, with_indexes: bool) -> float:
+    """Enqueue ``n`` no-op jobs, then drain them with one worker (concurrency 64): jobs/s."""
+    await fresh(url, 0)
+    if not with_indexes:
+        conn = await asyncpg.connect(url)
+        for name in DASHBOARD_INDEXES:
+            await conn.execute(f"DROP INDEX {name}")
+        await conn.close()
+    app = Soniq(database_url=url, log_level="WARNING", pool_max_size=72)
+    seen = 0
+    done = asyncio.Event()
+
+    @app.job(name="bench_noop")
+    async def noop(i: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            done.set()
+
+    for start in range(0, n, 5000):
+        await app.enqueue_many(noop, [{"i": i} for i in range(start, min(n, start + 5000))])
+    t0 = time.perf_counter()
+    worker = asyncio.create_task(app.run_worker(concurrency=64))
+    await done.wait()
+    rate = n / (time.perf_counter() - t0)
+    worker.cancel()
+    await asyncio.gather(worker, return_exceptions=True)
+    await app.close()
+    return rate
+
+
+async def drain(n: int, repeat: int) -> None:
+    """Alternate runs with and without the dashboard's indexes (the machine is shared)."""
+    url = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/soniq_bench_dashboard"
+    )
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeat):
+        for with_indexes in (False, True):
+            rates[with_indexes].append(await drain_once(url, n, with_indexes))
+    for with_indexes, values in rates.items():
+        label = "with 0004 indexes" if with_indexes else "without them    "
+        runs = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"{label}: median {statistics.median(values):,.0f} jobs/s  ({runs})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--drain", type=int, default=0, help="jobs per drain run")
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.repeat))
+    if args.drain:
+        asyncio.run(drain(args.drain, args.repeat))
+    else:
+        asyncio.run(main(args.rows, args.repeat))
