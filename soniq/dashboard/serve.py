@@ -8,9 +8,11 @@ loopback-only) but warned about at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from soniq.app import Soniq
@@ -69,4 +71,26 @@ def serve(
         finally:
             await app.close()
 
-    asyncio.run(run())
+    with _graceful_signals():
+        asyncio.run(run())
+
+
+@contextlib.contextmanager
+def _graceful_signals() -> Iterator[None]:
+    """Let a stop signal end the command normally (exit 0, pool closed).
+
+    uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal to the
+    previous handler once the server has stopped; with the default handler that
+    would kill the process before the pool is closed. Ours just lets it return.
+    """
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _stopped) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    """The server already shut down gracefully; nothing left to do."""
