@@ -8,7 +8,6 @@ pages render these dicts with Jinja; the API returns them as JSON.
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 
 UTC = timezone.utc
 STATUS_KEYS = ("queued", "processing", "done", "cancelled", "dead_letter")
-DLQ_CURSOR_PREFIX = "dlq:"
 
 
 class NotFound(Exception):
@@ -169,10 +167,8 @@ async def _dead_page(app: Soniq, p: params.JobListParams) -> dict[str, Any]:
     rows = await app.backend.dead_letter_list(
         queue=p.queue, task=p.task, limit=p.limit, offset=offset
     )
-    token = None
-    if len(rows) == p.limit:
-        token = base64.urlsafe_b64encode(f"{DLQ_CURSOR_PREFIX}{offset + p.limit}".encode())
-    return {"jobs": [dead_dict(d) for d in rows], "next_cursor": token.decode() if token else None}
+    token = params.encode_offset(offset + p.limit) if len(rows) == p.limit else None
+    return {"jobs": [dead_dict(d) for d in rows], "next_cursor": token}
 
 
 async def job(app: Soniq, job_id: str) -> dict[str, Any]:

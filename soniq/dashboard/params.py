@@ -91,25 +91,41 @@ def status(params: Mapping[str, str]) -> str | None:
 def job_list(params: Mapping[str, str]) -> JobListParams:
     cursor = decode_cursor(params.get("cursor"))
     offset = params.get("offset")
+    skip = integer(params, "offset", 0, 0, MAX_OFFSET) if offset not in (None, "") else None
+    if isinstance(cursor, int):  # a dead-letter page token: an offset in disguise
+        cursor, skip = None, cursor
     return JobListParams(
         queue=text(params, "queue"), status=status(params), task=text(params, "task"),
         search=text(params, "q"), limit=integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        cursor=cursor,
-        offset=integer(params, "offset", 0, 0, MAX_OFFSET) if offset not in (None, "") else None,
+        cursor=cursor, offset=skip,
     )  # fmt: skip
+
+
+DEAD_PREFIX = "dlq:"
 
 
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     """An opaque page token: the last row's ``created_at`` and ``id``."""
-    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _b64(f"{created_at.astimezone(timezone.utc).isoformat()}|{job_id}")
 
 
-def decode_cursor(token: str | None) -> JobCursor | None:
+def encode_offset(offset: int) -> str:
+    """The page token of dead letters (a small table, paged by offset)."""
+    return _b64(f"{DEAD_PREFIX}{offset}")
+
+
+def _b64(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str | None) -> JobCursor | int | None:
+    """A token from ``encode_cursor`` (or ``encode_offset``, as an int); 422 otherwise."""
     if not token:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if raw.startswith(DEAD_PREFIX):
+            return _bounded_offset(raw[len(DEAD_PREFIX) :])
         stamp, job_id = raw.split("|", 1)
         created = datetime.fromisoformat(stamp)
         job_uuid = uuid.UUID(job_id)
@@ -120,6 +136,13 @@ def decode_cursor(token: str | None) -> JobCursor | None:
     if created.tzinfo is None:
         created = created.replace(tzinfo=timezone.utc)
     return JobCursor(created_at=created, id=str(job_uuid))
+
+
+def _bounded_offset(raw: str) -> int:
+    offset = int(raw)
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValueError(raw)
+    return offset
 
 
 def job_id(value: str) -> str | None:

@@ -85,7 +85,8 @@ class Guard:
             if not path.startswith(PUBLIC_PATHS):
                 security.require_read(caller)
         except security.Denied as denied:
-            await denied_response(path, denied)(scope, receive, _with_headers(send))
+            login = f"{scope.get('root_path', '')}/login"
+            await denied_response(path, denied, login)(scope, receive, _with_headers(send))
             return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, _with_headers(send))
@@ -112,12 +113,12 @@ def _with_headers(send: Send) -> Send:
     return send_with_headers
 
 
-def denied_response(path: str, denied: security.Denied) -> Response:
+def denied_response(path: str, denied: security.Denied, login: str) -> Response:
     if path.startswith("/api/") or denied.status == 400:
         return JSONResponse({"detail": denied.message}, status_code=denied.status)
     if denied.status == 401:
-        # A browser without the key: send it to the login form.
-        return PlainTextResponse(f"{denied.message}\nOr sign in at ./login", status_code=401)
+        # A browser without the key: point it at the login form.
+        return PlainTextResponse(f"{denied.message}\nOr sign in at {login}", status_code=401)
     return PlainTextResponse(denied.message, status_code=denied.status)
 
 

@@ -277,3 +277,20 @@ async def test_large_tables_get_estimated_done_counts_and_exact_live_ones(app: S
     assert {
         q: (s.queued, s.processing, s.cancelled, s.dead_letter) for q, s in by_queue.items()
     } == {q: (s.queued, s.processing, s.cancelled, s.dead_letter) for q, s in exact.items()}
+
+
+async def test_dead_letters_page_through_the_job_list_by_token(app: Soniq, dashboard: Any) -> None:
+    register(app)
+    await app.enqueue_many("dash.fail", [{"n": i} for i in range(3)])
+    await app.run_worker(run_once=True)
+    served = await dashboard(app)
+    async with served.client() as http:
+        seen: list[str] = []
+        query: dict[str, Any] = {"status": "dead_letter", "limit": 2}
+        while True:
+            page = (await http.get("/api/jobs", params=query)).json()
+            seen += [j["id"] for j in page["jobs"]]
+            if not page["next_cursor"]:
+                break
+            query["cursor"] = page["next_cursor"]
+    assert len(set(seen)) == 3 and len(seen) == 3
