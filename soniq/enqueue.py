@@ -277,10 +277,16 @@ def to_utc(value: datetime | float | int | None) -> datetime | None:
     """Aware datetimes convert to UTC; naive ones are taken as UTC; numbers are seconds from now."""
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return aware_utc(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return utc_now() + timedelta(seconds=float(value))
+    try:
+        if isinstance(value, datetime):
+            return aware_utc(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return utc_now() + timedelta(seconds=float(value))
+    except (OverflowError, ValueError):  # NaN, or past year 9999 in UTC
+        raise JobValidationError(
+            f"scheduled_at/run_at {value!r} is not a time that can be stored; pass a datetime "
+            "between years 1 and 9999, or a finite number of seconds from now"
+        ) from None
     raise JobValidationError(
         f"scheduled_at/run_at must be a datetime or seconds from now, got {type(value).__name__}"
     )

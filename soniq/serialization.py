@@ -15,11 +15,40 @@ from typing import Any
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# Every reader of a stored value (a worker's json.loads, get_job, the dashboard) must
+# decode it without running out of stack; json.loads gives up near 1,000 levels.
+MAX_DEPTH = 100
+
+
 def dumps_strict(value: Any) -> str:
     """Compact JSON text; ``TypeError``/``ValueError`` for what jsonb would refuse."""
-    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep") from None
+    # Counting brackets is cheap and only an upper bound (strings may hold some).
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise ValueError("a string holds a NUL character (\\u0000), which PostgreSQL rejects")
     if "\\ud" in text:  # surrogate escapes: fine in pairs, not alone
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     return text
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (stops counting past MAX_DEPTH)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest

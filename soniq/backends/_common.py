@@ -146,3 +146,12 @@ def decode_args(text: str) -> tuple[dict[str, Any], str | None]:
             f"{type(args).__name__}, not an object of keyword arguments"
         )
     return args, None
+
+
+def read_args(text: str) -> Any:
+    """Stored arguments for a read (get_job, lists, dead letters): what ``decode_args``
+    refuses is shown rather than failing the read."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return {"undecodable_arguments": text[:1000]}

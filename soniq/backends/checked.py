@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends import StorageBackend
+from soniq.errors import JobValidationError
 from soniq.integrations.connections import executor
 from soniq.job import Ack, ClaimedJob, DeadLetterJob, Job, NewJob, Schedule
 from soniq.utils import UTC, canonical_id, canonical_ids, maybe_utc, to_utc
@@ -52,6 +53,52 @@ def check_positive(name: str, seconds: float) -> None:
         raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
 
 
+# Names travel in NOTIFY payloads (8,000 bytes at most) and btree index entries (about
+# 2,700 bytes): 255 characters stay within both even at 4 bytes per character, and no
+# queue or task name needs more. Dedup keys have an index of their own, hence 512.
+MAX_NAME_LENGTH = 255
+MAX_KEY_LENGTH = 512
+
+
+def check_text(what: str, value: Any, limit: int) -> None:
+    """A name or key PostgreSQL, SQLite and NOTIFY all store as given, else JobValidationError."""
+    if not isinstance(value, str) or not value:
+        raise JobValidationError(f"{what} must be a non-empty string, not {value!r}; pass a name")
+    if len(value) > limit:
+        raise JobValidationError(
+            f"{what} is {len(value):,} characters long ({value[:40]!r}...); the limit is "
+            f"{limit}. Use a shorter {what}."
+        )
+    if "\x00" in value:
+        raise JobValidationError(
+            f"{what} {value[:40]!r} contains a NUL character (\\x00), which PostgreSQL cannot "
+            f"store; remove it from the {what}."
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobValidationError(
+                f"{what} {value[:40]!r} contains a lone surrogate, which is not valid Unicode "
+                f"text; decode the bytes it came from properly (errors='replace')."
+            ) from None
+
+
+def check_new_jobs(jobs: Sequence[NewJob]) -> None:
+    """Every name and key of a batch, each distinct value once (a batch repeats them)."""
+    seen: set[tuple[str, str | None]] = set()
+    for job in jobs:
+        for what, value, limit in (
+            ("task name", job.job_name, MAX_NAME_LENGTH),
+            ("queue name", job.queue, MAX_NAME_LENGTH),
+            ("dedup_key", job.dedup_key, MAX_KEY_LENGTH),
+        ):
+            if (what, value) in seen or (value is None and what == "dedup_key"):
+                continue
+            check_text(what, value, limit)
+            seen.add((what, value))
+
+
 def _utc_job(job: NewJob) -> NewJob:
     at = job.scheduled_at
     if at is None or at.tzinfo is UTC:
@@ -82,6 +129,7 @@ class CheckedBackend:
         self._check_connection(connection)
         if not jobs:
             return []
+        check_new_jobs(jobs)
         jobs = [_utc_job(j) for j in jobs]
         if connection is None or self.inner.name != "postgres":
             return await self.inner.enqueue(jobs, connection=connection)
@@ -95,6 +143,7 @@ class CheckedBackend:
         self._check_connection(connection)
         if not jobs:
             return []
+        check_new_jobs(jobs)
         jobs = [_utc_job(j) for j in jobs]
         if connection is None or self.inner.name != "postgres":
             return await self.inner.enqueue_observed(jobs, records, connection=connection)
@@ -155,9 +204,7 @@ class CheckedBackend:
         self, *, queue: str | None, task: str | None, limit: int, offset: int
     ) -> list[DeadLetterJob]:
         check_page(limit, offset)
-        return await self.inner.dead_letter_list(
-            queue=queue, task=task, limit=limit, offset=offset
-        )
+        return await self.inner.dead_letter_list(queue=queue, task=task, limit=limit, offset=offset)
 
     async def dead_letter_get(self, job_id: str) -> DeadLetterJob | None:
         canonical = canonical_id(job_id)
@@ -180,6 +227,10 @@ class CheckedBackend:
     # --- schedules ---------------------------------------------------------------
     async def schedule_upsert(self, schedule: Schedule) -> Schedule:
         check_schedule_status(schedule.status)
+        check_text("schedule name", schedule.name, MAX_NAME_LENGTH)
+        check_text("task name", schedule.job_name, MAX_NAME_LENGTH)
+        if schedule.queue is not None:
+            check_text("queue name", schedule.queue, MAX_NAME_LENGTH)
         return await self.inner.schedule_upsert(_utc_schedule(schedule))
 
     async def schedule_set_status(
@@ -191,6 +242,7 @@ class CheckedBackend:
     async def schedule_fire(
         self, name: str, due: datetime, next_run_at: datetime | None, job: NewJob
     ) -> bool:
+        check_new_jobs([job])
         return await self.inner.schedule_fire(
             name, to_utc(due), maybe_utc(next_run_at), _utc_job(job)
         )

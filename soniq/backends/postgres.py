@@ -27,7 +27,7 @@ from soniq.backends import (
     QueueCounts,
     ThroughputBucket,
 )
-from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats, decode_args
+from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats, decode_args, read_args
 from soniq.backends._dashboard import (
     SAMPLE_ROWS,
     bucket,
@@ -683,7 +683,7 @@ def _loads(value: str | None) -> Any:
 
 def _job(r: Any) -> Job:
     return Job(
-        id=str(r["id"]), job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        id=str(r["id"]), job_name=r["job_name"], args=read_args(r["args"]), queue=r["queue"],
         priority=r["priority"], status=r["status"], attempts=r["attempts"],
         max_attempts=r["max_attempts"], scheduled_at=r["scheduled_at"],
         created_at=r["created_at"], updated_at=r["updated_at"], started_at=r["started_at"],
@@ -694,7 +694,7 @@ def _job(r: Any) -> Job:
 
 def _dead(r: Any) -> DeadLetterJob:
     return DeadLetterJob(
-        id=str(r["id"]), job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        id=str(r["id"]), job_name=r["job_name"], args=read_args(r["args"]), queue=r["queue"],
         priority=r["priority"], attempts=r["attempts"], max_attempts=r["max_attempts"],
         last_error=r["last_error"], traceback=r["traceback"], created_at=r["created_at"],
         dead_lettered_at=r["dead_lettered_at"], resurrection_count=r["resurrection_count"],

@@ -47,6 +47,7 @@ from soniq.backends._common import (
     decode_args,
     no_connections,
     normalize_id,
+    read_args,
 )
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
 from soniq.errors import DatabaseUnavailableError, MigrationError
@@ -783,7 +784,7 @@ def _claimed(r: sqlite3.Row, lease: str, args: dict[str, Any]) -> ClaimedJob:
 
 def _job(r: sqlite3.Row) -> Job:
     return Job(
-        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        id=r["id"], job_name=r["job_name"], args=read_args(r["args"]), queue=r["queue"],
         priority=r["priority"], status=r["status"], attempts=r["attempts"],
         max_attempts=r["max_attempts"], scheduled_at=_dt(r["scheduled_at"]),
         created_at=_dt(r["created_at"]), updated_at=_dt(r["updated_at"]),
@@ -795,7 +796,7 @@ def _job(r: sqlite3.Row) -> Job:
 
 def _dead(r: sqlite3.Row) -> DeadLetterJob:
     return DeadLetterJob(
-        id=r["id"], job_name=r["job_name"], args=json.loads(r["args"]), queue=r["queue"],
+        id=r["id"], job_name=r["job_name"], args=read_args(r["args"]), queue=r["queue"],
         priority=r["priority"], attempts=r["attempts"], max_attempts=r["max_attempts"],
         last_error=r["last_error"], traceback=r["traceback"], created_at=_dt(r["created_at"]),
         dead_lettered_at=_dt(r["dead_lettered_at"]),
