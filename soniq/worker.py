@@ -273,11 +273,12 @@ class Worker:
                 raise  # shutdown: the attempt is requeued unspent
             if sys.version_info >= (3, 11) and task is not None:
                 task.uncancel()
-            error = JobTimeoutError(
+            message = (
                 f"job exceeded its {timeout:g}s timeout; if it needs longer, raise "
                 "@app.job(timeout=...) or SONIQ_JOB_TIMEOUT (0 disables the limit)"
             )
-            raise _Attempt(f"TimeoutError: {error}", None, error) from None
+            error = JobTimeoutError(message)
+            raise _Attempt(f"TimeoutError: {message}", None, error) from None
         except Exception as exc:  # noqa: BLE001 - every handler error is a failed attempt
             raise _Attempt(_describe(exc), traceback.format_exc(), exc) from None
         finally:
