@@ -150,3 +150,44 @@ def test_memory_backend_and_garbage_collection_end_the_thread() -> None:
     del app, noop
     gc.collect()
     wait_until_sync(lambda: len(sync_threads()) == before, message="thread ended by finaliser")
+
+
+def test_transactional_on_a_sync_sqlalchemy_session(pg_app: Soniq, pg_url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    @pg_app.job()
+    def ship(order_id: int) -> None: ...
+
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(text("CREATE TABLE orders (id integer PRIMARY KEY)"))
+        with Session(engine) as session:
+            kept = pg_app.enqueue_sync(ship, connection=session, order_id=1)  # before any SQL
+            session.execute(text("INSERT INTO orders VALUES (1)"))
+            session.commit()
+        with Session(engine) as session:
+            lost = pg_app.enqueue_sync(ship, connection=session, order_id=2)
+            session.rollback()
+    finally:
+        engine.dispose()
+    assert pg_app._sync.run(pg_app.get_job(kept)) is not None
+    assert pg_app._sync.run(pg_app.get_job(lost)) is None
+
+
+def test_flask_route(pg_app: Soniq) -> None:
+    from flask import Flask, request
+
+    @pg_app.job(queue="emails")
+    def send_welcome(to: str) -> None: ...
+
+    web = Flask(__name__)
+
+    @web.post("/signup")
+    def signup() -> dict[str, str]:
+        return {"job_id": pg_app.enqueue_sync(send_welcome, to=request.form["email"])}
+
+    response = web.test_client().post("/signup", data={"email": "ada@example.com"})
+    job = pg_app._sync.run(pg_app.get_job(response.get_json()["job_id"]))
+    assert job is not None and job["args"] == {"to": "ada@example.com"}
