@@ -138,6 +138,12 @@ async def executor(obj: Any) -> AsyncIterator[Any]:
         async with obj.acquire_connection() as driver, executor(_driver_of(driver)) as ex:
             yield ex
         return
+    if _defined_in(obj, "asyncpg") and hasattr(obj, "acquire"):
+        raise TypeError(
+            "connection= got an asyncpg pool; the job must go on the connection your "
+            "transaction runs on: `async with pool.acquire() as conn, conn.transaction(): "
+            "await app.enqueue(..., connection=conn)`."
+        )
     if _defined_in(obj, "django"):
         raise TypeError(
             "Django's connection belongs to the thread that opened it: enqueue with "
