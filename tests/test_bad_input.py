@@ -150,7 +150,7 @@ async def test_limits_are_clear_errors_at_enqueue(
     driver's own 'payload string too long'."""
     app = await producer(app_factory)
     task = value if option == "task" else TASK
-    kwargs = {"queue": value} if option == "queue" else {}
+    kwargs: dict[str, Any] = {"queue": value} if option == "queue" else {}
     if option == "dedup_key":
         kwargs = {"dedup_key": value}
     with pytest.raises(JobValidationError, match=words) as info:

@@ -243,7 +243,7 @@ async def test_soniq_class_constructor_and_context_manager(pg_url: str) -> None:
     app = Soniq(
         database_url=pg_url,
         backend=None,
-        **{"concurrency": 4},
+        **{"concurrency": 4},  # type: ignore[arg-type]  # the page's sample, as written
     )
     assert app.backend.name == "postgres"
     await app.close()
