@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from soniq.app import Soniq
-from soniq.job import JobContext, JobStatus
+from soniq.job import JobContext, JobStatus, Snooze
 from soniq.schedules import cron, daily, every, monthly, weekly
 from soniq.task_ref import TaskRef, task_ref
 
@@ -28,6 +28,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a checkout
 __all__ = [
     "JobContext",
     "JobStatus",
+    "Snooze",
     "Soniq",
     "TaskRef",
     "__version__",

@@ -18,9 +18,10 @@ from soniq.core.registry import (
     find_context_param,
     handler_signature,
 )
-from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority
+from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority, dependency_ids
 from soniq.errors import JobRegistrationError, SchemaMissingError
 from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
+from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobContext, JobStatus, NewJob
 from soniq.settings import SoniqSettings
@@ -128,10 +129,18 @@ class Soniq:
         validate: type[Any] | None = None,
         args_model: type[Any] | None = None,
         encrypt: bool = False,
+        rate_limit: str | None = None,
+        concurrency_key: Callable[[dict[str, Any]], Any] | None = None,
+        max_concurrency_per_key: int | None = None,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
     ) -> Callable[[F], F]:
         """Register a function as a job. Always called with parentheses: ``@app.job()``.
 
         ``encrypt=True`` stores the job's arguments encrypted at rest (``app.signing``).
+        ``rate_limit="10/s"`` allows at most 10 starts of this task in any sliding second,
+        across every worker; ``concurrency_key=lambda args: args["tenant"]`` with
+        ``max_concurrency_per_key=2`` runs at most 2 jobs per tenant at once. A job may
+        ``raise Snooze(...)`` up to ``max_snoozes`` times.
         """
         options = dict(
             name=name, retries=_one_of("retries", retries, "max_retries", max_retries),
@@ -139,9 +148,13 @@ class Soniq:
             retry_backoff=retry_backoff, retry_max_delay=retry_max_delay, timeout=timeout,
             model=_one_of("validate", validate, "args_model", args_model),
         )  # fmt: skip
+        flow = job_flow_options(
+            rate_limit=rate_limit, concurrency_key=concurrency_key,
+            max_concurrency_per_key=max_concurrency_per_key, max_snoozes=max_snoozes,
+        )  # fmt: skip
 
         def decorator(func: F) -> F:
-            definition = self._define(func, **options)
+            definition = dataclasses.replace(self._define(func, **options), **flow)
             self._registry.register(definition)
             if encrypt:
                 from soniq.signing import encrypt_task
@@ -256,13 +269,15 @@ class Soniq:
         scheduled_at: datetime | float | None = None,
         unique: bool | None = None,
         dedup_key: str | None = None,
+        depends_on: Iterable[str] | None = None,
     ) -> NewJob:
         """Validate an enqueue and return the row it would write, writing nothing.
 
         The scheduler builds each run's job this way, so a schedule gets exactly
         the checks (task name, arguments, options) an enqueue gets.
         """
-        options = EnqueueOptions(priority, queue, scheduled_at, unique, dedup_key)
+        deps = dependency_ids(depends_on)
+        options = EnqueueOptions(priority, queue, scheduled_at, unique, dedup_key, deps)
         return build_job(
             self._registry, self.settings, target, args, kwargs or {}, options, self._warned_unknown
         )
@@ -278,12 +293,19 @@ class Soniq:
         unique: bool | None = None,
         dedup_key: str | None = None,
         connection: Any = None,
+        depends_on: Iterable[str] | None = None,
         **func_kwargs: Any,
     ) -> str:
-        """Enqueue one job; returns its id (or, for a duplicate, the existing job's id)."""
+        """Enqueue one job; returns its id (or, for a duplicate, the existing job's id).
+
+        ``depends_on=[id, ...]``: the job runs only once every one of those jobs is
+        ``done``; if one is cancelled or dead-lettered, this job is cancelled too, with
+        an error naming it (docs/lifecycle.md, Dependencies).
+        """
         job = self.build_job(
             target, args=args, kwargs=func_kwargs, priority=priority, queue=queue,
             scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+            depends_on=depends_on,
         )  # fmt: skip
         ids = await self._insert([job], connection)
         return ids[0]
@@ -387,12 +409,42 @@ class Soniq:
         return await self.get_job(job_id)
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a queued job. A job already running is not interrupted (returns False)."""
+        """Cancel a job; ``False`` if it already finished (or is unknown).
+
+        A queued job is cancelled at once. A running job is asked to stop: its worker
+        hears it at once on PostgreSQL (NOTIFY), else at its next heartbeat; an async
+        handler's task is cancelled, a sync handler sees ``ctx.cancelled`` set. It then
+        ends ``cancelled`` and is never retried.
+        """
         await self.ensure_initialized()
+        before = await self.backend.get_job(str(job_id))
         cancelled = await self.backend.cancel_job(str(job_id))
-        if cancelled:
+        if cancelled and before is not None and before.status == JobStatus.QUEUED.value:
+            # A running job's event comes from its worker, with the outcome.
             await emit_changes(self, "job.cancelled", {str(job_id): None})
         return cancelled
+
+    async def queue_limits(
+        self, queue: str, *, max_concurrency: int | None = None, rate: str | None = None
+    ) -> QueueLimit | None:
+        """Limit a queue for every worker, everywhere; stored in the database.
+
+        Example::
+
+            await app.queue_limits("emails", max_concurrency=5, rate="100/m")
+
+        ``max_concurrency``: at most this many of the queue's jobs run at once.
+        ``rate``: at most N starts in any sliding window (``"10/s"``, ``"100/m"``,
+        ``"5/h"``). The call replaces the queue's limits; with neither, it lifts them
+        (returns ``None``). Workers see a change within one ``poll_interval``.
+        """
+        parsed = parse_rate(rate) if rate is not None else None
+        limit = QueueLimit(
+            queue, max_concurrency, parsed.count if parsed else None,
+            parsed.seconds if parsed else None,
+        )  # fmt: skip
+        await self.ensure_initialized()
+        return await self.backend.queue_limit_set(limit)
 
     async def delete_job(self, job_id: str) -> bool:
         await self.ensure_initialized()

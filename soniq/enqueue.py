@@ -20,12 +20,13 @@ from typing import Any
 
 from soniq.core.registry import JobDefinition, JobRegistry
 from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
+from soniq.flow import concurrency_key_of
 from soniq.job import NewJob
 from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
 from soniq.task_ref import TaskRef
+from soniq.utils import canonical_id, utc_now
 from soniq.utils import to_utc as aware_utc
-from soniq.utils import utc_now
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 1000
 
@@ -39,6 +40,7 @@ class EnqueueOptions:
     scheduled_at: datetime | float | int | None = None
     unique: bool | None = None
     dedup_key: str | None = None
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,37 @@ def _make_job(
         ),
         scheduled_at=to_utc(options.scheduled_at),
         dedup_key=_dedup_key(resolved, options, args_json, job_args),
+        concurrency_key=_concurrency_key(resolved, job_args),
+        depends_on=options.depends_on,
     )
+
+
+def _concurrency_key(resolved: _Target, job_args: dict[str, Any]) -> str | None:
+    definition = resolved.definition
+    if definition is None or definition.concurrency_key is None:
+        return None
+    return concurrency_key_of(definition.name, definition.concurrency_key, job_args)
+
+
+def dependency_ids(depends_on: Iterable[Any] | None) -> tuple[str, ...]:
+    """``depends_on=[...]`` as canonical job ids, each once, in the order given."""
+    if depends_on is None:
+        return ()
+    if isinstance(depends_on, (str, bytes)):
+        raise JobValidationError(
+            "depends_on takes a list of job ids, not a single string; write depends_on=[job_id]"
+        )
+    ids: list[str] = []
+    for value in depends_on:
+        canonical = canonical_id(str(value))
+        if canonical is None:
+            raise JobValidationError(
+                f"depends_on holds {value!r}, which is not a job id; pass the ids enqueue() "
+                "returned"
+            )
+        if canonical not in ids:
+            ids.append(canonical)
+    return tuple(ids)
 
 
 def _resolve(

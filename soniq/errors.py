@@ -74,6 +74,15 @@ class JobTimeoutError(SoniqError, TimeoutError):
     """A job attempt ran past its timeout; the attempt fails with this error."""
 
 
+class JobCancelledError(SoniqError):
+    """``cancel_job`` stopped a running job; ``on_error`` hooks receive this (it ends
+    ``cancelled`` and is not retried)."""
+
+
+class SnoozeLimitError(SoniqError):
+    """A job snoozed more than its ``max_snoozes``; that snooze is a failed attempt."""
+
+
 class DiscoveryError(SoniqError):
     """``SONIQ_JOBS_MODULES`` could not be imported or names no Soniq instance."""
 
@@ -100,6 +109,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DiscoveryError",
     "EnqueueError",
+    "JobCancelledError",
     "JobNotFoundError",
     "JobRegistrationError",
     "JobTimeoutError",
@@ -109,6 +119,7 @@ __all__ = [
     "SchemaMissingError",
     "SerializationError",
     "SigningError",
+    "SnoozeLimitError",
     "SoniqError",
     "UnknownTaskError",
     "WebhookError",

@@ -7,6 +7,9 @@ CLI and the dashboard never depend on a driver's row type.
 from __future__ import annotations
 
 import enum
+import math
+import time
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +52,179 @@ class JobContext:
     scheduled_at: datetime | None = None
     created_at: datetime | None = None
 
+    # Flow control. Outside a worker (a context built by hand, in a test) nothing is
+    # running: never cancelled, no checkpoint, and progress/checkpoint write nothing.
+    @property
+    def cancelled(self) -> CancelSignal:
+        """Set once ``app.cancel_job(id)`` asked this running job to stop.
+
+        An async handler is also cancelled (``asyncio.CancelledError``); a sync handler
+        must look: ``if ctx.cancelled.is_set(): return``, or ``ctx.cancelled.wait(1)``.
+        """
+        return _NEVER_CANCELLED
+
+    @property
+    def last_checkpoint(self) -> Any:
+        """What an earlier attempt (or run before a snooze) stored with ``checkpoint``."""
+        return None
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job is, 0.0 to 1.0; shown by ``get_job`` and the dashboard.
+
+        Example::
+
+            for i, row in enumerate(rows):
+                await ctx.progress(i / len(rows), f"row {i}")
+
+        Writes are throttled (one per second per job, the latest value always lands).
+        """
+        check_fraction(fraction)
+
+    async def checkpoint(self, data: Any) -> None:
+        """Store JSON ``data`` that the next attempt reads as ``ctx.last_checkpoint``.
+
+        Example::
+
+            start = (ctx.last_checkpoint or {}).get("offset", 0)
+            for offset in range(start, total, 100):
+                process(offset)
+                await ctx.checkpoint({"offset": offset + 100})
+        """
+        checkpoint_json(data)
+
+
+class CancelSignal:
+    """``ctx.cancelled``: a read-only, ``threading.Event``-like flag (``is_set``, ``wait``).
+
+    It reads the worker's set of cancel requests instead of owning an Event, so a
+    job that is never cancelled costs one small object and no lock.
+    """
+
+    __slots__ = ("_job_id", "_requested")
+
+    def __init__(self, job_id: str | None, requested: Container[str]) -> None:
+        self._job_id = job_id
+        self._requested = requested
+
+    def is_set(self) -> bool:
+        return self._job_id is not None and self._job_id in self._requested
+
+    def __bool__(self) -> bool:
+        return self.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block (a sync handler's thread) until set or ``timeout`` seconds; returns is_set()."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.05, left))
+        return True
+
+    def __repr__(self) -> str:
+        return f"<CancelSignal {'set' if self.is_set() else 'unset'}>"
+
+
+_NEVER_CANCELLED = CancelSignal(None, frozenset())
+
+
+class RunningContext(JobContext):
+    """The ``JobContext`` a worker hands to a running job: the same fields, plus the
+    cancel signal, the last checkpoint and the writer behind ``progress``/``checkpoint``.
+
+    A subclass rather than more fields, so ``JobContext``'s documented fields (and
+    ``dataclasses.fields``/``asdict`` of it) stay exactly as published.
+    """
+
+    __slots__ = ("_control", "_lease", "cancelled", "last_checkpoint")
+    _control: Any
+    _lease: str | None
+    cancelled: CancelSignal
+    last_checkpoint: Any
+
+    def __init__(
+        self, job_id: str, job_name: str, attempt: int, max_attempts: int, queue: str,
+        worker_id: str | None = None, scheduled_at: datetime | None = None,
+        created_at: datetime | None = None, *, cancelled: CancelSignal | None = None,
+        last_checkpoint: Any = None, control: Any = None, lease: str | None = None,
+    ) -> None:  # fmt: skip
+        JobContext.__init__(
+            self, job_id, job_name, attempt, max_attempts, queue, worker_id, scheduled_at,
+            created_at,
+        )  # fmt: skip
+        signal = cancelled if cancelled is not None else _NEVER_CANCELLED  # falsy while unset
+        object.__setattr__(self, "cancelled", signal)
+        object.__setattr__(self, "last_checkpoint", last_checkpoint)
+        object.__setattr__(self, "_control", control)
+        object.__setattr__(self, "_lease", lease)
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        check_fraction(fraction)
+        if self._control is not None and self._lease is not None:
+            text = None if message is None else str(message)
+            await self._control.progress(self.job_id, self._lease, float(fraction), text)
+
+    async def checkpoint(self, data: Any) -> None:
+        data_json = checkpoint_json(data)
+        if self._control is not None and self._lease is not None:
+            await self._control.checkpoint(self.job_id, self._lease, data_json)
+
+
+def check_fraction(fraction: Any) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"progress takes a number from 0.0 to 1.0, not {fraction!r}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(
+            f"progress {fraction!r} is out of range; pass the fraction done, 0.0 to 1.0 "
+            "(e.g. done / total)"
+        )
+
+
+def checkpoint_json(data: Any) -> str:
+    from soniq.errors import SerializationError
+    from soniq.serialization import dumps_strict
+
+    try:
+        return dumps_strict(data)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"checkpoint data is not JSON-serialisable ({exc}); store plain data (dict, "
+            "list, str, numbers), e.g. the offset to resume from"
+        ) from None
+
+
+class Snooze(Exception):
+    """Run this job again in ``seconds`` without spending an attempt.
+
+    Raise it or return it from a handler::
+
+        @app.job()
+        async def poll_export(export_id: str):
+            if not await export_ready(export_id):
+                raise Snooze(30, reason="export not ready")
+
+    A job may snooze ``max_snoozes`` times (``@app.job(max_snoozes=...)``, default 100);
+    the next snooze is a failed attempt.
+    """
+
+    def __init__(self, seconds: float, reason: str | None = None) -> None:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not (0 <= seconds < math.inf)
+        ):
+            raise ValueError(f"Snooze takes seconds >= 0, got {seconds!r}; e.g. Snooze(30)")
+        super().__init__(seconds, reason)
+        self.seconds = float(seconds)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Snooze({self.seconds:g}, reason={self.reason!r})"
+
+    def __str__(self) -> str:
+        return f"snoozed for {self.seconds:g}s" + (f": {self.reason}" if self.reason else "")
+
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
@@ -63,6 +239,8 @@ class NewJob:
     max_attempts: int
     scheduled_at: datetime | None
     dedup_key: str | None
+    concurrency_key: str | None = None  # @app.job(concurrency_key=...), computed at enqueue
+    depends_on: tuple[str, ...] = ()  # runs once every one of these jobs is done
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +264,13 @@ class Job:
     last_error: str | None = None
     worker_id: str | None = None
     dedup_key: str | None = None
+    # Flow control (migration 0006): reported progress, snoozes so far, the jobs it
+    # still waits for (depends_on), and whether a cancel was asked while it ran.
+    progress: float | None = None
+    progress_message: str | None = None
+    snoozes: int = 0
+    waiting_for: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,8 +319,9 @@ class DeadLetterJob:
         d["status"] = JobStatus.DEAD_LETTER.value
         # Same keys as a live job's record, so callers can read e.g. ["result"] blindly.
         for key in ("scheduled_at", "updated_at", "started_at", "completed_at", "result",
-                    "worker_id", "dedup_key"):  # fmt: skip
+                    "worker_id", "dedup_key", "progress", "progress_message"):  # fmt: skip
             d.setdefault(key, None)
+        d.update(snoozes=0, waiting_for=[], cancel_requested=False)
         d["updated_at"] = self.dead_lettered_at
         return d
 
@@ -202,12 +388,28 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """Put back without spending the attempt (shutdown, snooze)."""
+    """Put back without spending the attempt (shutdown)."""
 
     run_at: datetime | None = None
 
 
-Outcome = Done | Retry | Fail | Requeue
+@dataclass(frozen=True, slots=True)
+class Snoozed:
+    """The handler raised or returned ``Snooze``: back to the queue at ``run_at``, the
+    attempt not spent, the job's snooze count + 1."""
+
+    run_at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """``cancel_job`` stopped the running job: it ends ``cancelled``, never retried."""
+
+    error: str
+
+
+Outcome = Done | Retry | Fail | Requeue | Snoozed | Cancelled
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,10 +35,26 @@ from typing import Any
 from soniq.backends import Listener, StorageBackend
 from soniq.backends.checked import checked
 from soniq.core.registry import JobDefinition, JobRegistry
-from soniq.errors import JobTimeoutError, WorkerError
-from soniq.events import META_KEY, EventBus, Record
+from soniq.errors import JobCancelledError, JobTimeoutError, SnoozeLimitError, WorkerError
+from soniq.events import META_KEY, EventBus, Record, job_meta
+from soniq.flow import CANCEL_NOTICE, FlowLimits, JobControl
 from soniq.hooks import HookSet
-from soniq.job import Ack, ClaimedJob, Done, Fail, JobContext, Outcome, Requeue, Retry, WorkerInfo
+from soniq.job import (
+    Ack,
+    Cancelled,
+    CancelSignal,
+    ClaimedJob,
+    Done,
+    Fail,
+    JobContext,
+    Outcome,
+    Requeue,
+    Retry,
+    RunningContext,
+    Snooze,
+    Snoozed,
+    WorkerInfo,
+)
 from soniq.retry import retry_delay_seconds
 from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
@@ -72,6 +88,10 @@ class _Attempt(Exception):
         self.error, self.tb, self.exc = error, tb, exc
 
 
+class _Stopped(Exception):
+    """Internal: the attempt was cancelled because ``cancel_job`` asked for it."""
+
+
 class Worker:
     """Runs jobs from one backend with the handlers of one registry.
 
@@ -96,6 +116,7 @@ class Worker:
         self.events = events if events is not None else EventBus()  # features' one seam
         self.worker_id = str(uuid.uuid4())
         self._timeout_default = self.settings.effective_job_timeout
+        self._control = JobControl(self.backend)  # ctx.progress / ctx.checkpoint
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -109,6 +130,11 @@ class Worker:
         self._processed = 0
         self._listener: Listener | None = None
         self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
+        # Flow control (soniq/flow.py): whether to claim within limits, the running jobs
+        # cancel_job() asked to stop, and when a rate-limited queue reopens.
+        self._flow: FlowLimits | None = None
+        self._cancel_requested: set[str] = set()
+        self._retry_in: float | None = None
 
     # --- entry points ------------------------------------------------------
     async def run(
@@ -155,7 +181,7 @@ class Worker:
                 if jobs:
                     self._start_jobs(jobs)
                 elif not drain:
-                    await self._wait(self.settings.poll_interval)  # NOTIFY wakes us sooner
+                    await self._wait(self._idle_wait())  # NOTIFY wakes us sooner
                 elif settled:
                     break
                 elif self._running or self._unwritten:
@@ -167,7 +193,14 @@ class Worker:
 
     async def _claim(self, queues: Sequence[str] | None, limit: int) -> list[ClaimedJob]:
         try:
-            return await self.backend.claim(queues, self.worker_id, limit)
+            flow = self._flow
+            if flow is not None and flow.due():  # limits configured? re-read each poll_interval
+                await flow.refresh(self.backend)
+            if flow is None or flow.tasks is None:  # no limits: the plain claim, untouched
+                return await self.backend.claim(queues, self.worker_id, limit)
+            claim = await self.backend.claim_limited(queues, self.worker_id, limit, flow.tasks)
+            self._retry_in = claim.retry_in
+            return claim.jobs
         except Exception as exc:  # noqa: BLE001 - database lost: back off, keep going
             log.error(
                 "Claiming jobs failed (%s: %s); retrying in %ss",
@@ -192,6 +225,13 @@ class Worker:
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _idle_wait(self) -> float:
+        """``poll_interval``, or less when a rate-limited queue reopens sooner: the worker
+        sleeps until then instead of polling a queue that is at its limit."""
+        reopens, self._retry_in = self._retry_in, None
+        poll = self.settings.poll_interval
+        return poll if reopens is None else min(poll, reopens)
+
     # --- one attempt -------------------------------------------------------
     async def _execute(self, job: ClaimedJob) -> None:
         """Run one attempt and buffer its outcome; a cancelled attempt is requeued unspent.
@@ -206,7 +246,8 @@ class Worker:
         try:
             outcome = await self._attempt(job)
         except asyncio.CancelledError:
-            self._finish(job, Requeue(), began)
+            stopped = job.id in self._cancel_requested  # cancel_job(), not a shutdown
+            self._finish(job, Cancelled(_stopped_error(job.id)) if stopped else Requeue(), began)
             raise
         self._finish(job, outcome, began)
 
@@ -215,6 +256,8 @@ class Worker:
         if events.finished:  # records and ack land in the same batch: one transaction
             self._note(events.emit_finished(job, outcome, time.perf_counter() - began))
         self._push(Ack(job, outcome))
+        if self._cancel_requested:
+            self._cancel_requested.discard(job.id)
 
     def _note(self, records: list[Record]) -> None:
         if records:
@@ -237,9 +280,12 @@ class Worker:
                 job.job_name,
             )
             return Fail(_unknown_task(job.job_name), None)
-        ctx = JobContext(
+        ctx = RunningContext(
             job.id, job.job_name, job.attempt, job.max_attempts, job.queue,
             self.worker_id, job.scheduled_at, job.created_at,
+            cancelled=CancelSignal(job.id, self._cancel_requested), control=self._control,
+            lease=job.lease,
+            last_checkpoint=job_meta(job.args).get("checkpoint") if META_KEY in job.args else None,
         )  # fmt: skip
         hooks = self.hooks
         if hooks.before_job:
@@ -247,10 +293,21 @@ class Worker:
         started = time.perf_counter()
         try:
             result_json = await self._call(definition, job, ctx)
+        except _Stopped:
+            return await self._stopped(ctx)
         except _Attempt as failure:
+            if job.id in self._cancel_requested:  # stopped after cancel_job(): not a failure
+                return await self._stopped(ctx)
+            if isinstance(failure.exc, Snooze):  # raised or returned
+                snoozed = self._snoozed(job, definition, failure.exc)
+                if snoozed is not None:
+                    return snoozed
+                failure = _too_many_snoozes(job, definition)
             if hooks.on_error:
                 await hooks.run("on_error", ctx, failure.exc)
             return self._failed(job, definition, failure.error, failure.tb)
+        if self._cancel_requested and job.id in self._cancel_requested:
+            return await self._stopped(ctx)  # a sync handler that saw ctx.cancelled
         if hooks.after_job:
             await hooks.run("after_job", ctx, (time.perf_counter() - started) * 1000.0)
         return Done(result_json)
@@ -269,6 +326,10 @@ class Worker:
         try:
             result = await self._invoke(definition, kwargs)
         except asyncio.CancelledError:
+            if (deadline is None or not deadline.fired) and job.id in self._cancel_requested:
+                if sys.version_info >= (3, 11) and task is not None:
+                    task.uncancel()
+                raise _Stopped from None  # cancel_job(): ends cancelled, never requeued
             if deadline is None or not deadline.fired:
                 raise  # shutdown: the attempt is requeued unspent
             if sys.version_info >= (3, 11) and task is not None:
@@ -297,6 +358,26 @@ class Worker:
             coro: Awaitable[Any] = definition.func(**kwargs)
             return coro
         return _in_daemon_thread(functools.partial(definition.func, **kwargs))
+
+    def _snoozed(
+        self, job: ClaimedJob, definition: JobDefinition, snooze: Snooze
+    ) -> Outcome | None:
+        """The snooze as an outcome; ``None`` when it is one more than ``max_snoozes``."""
+        count = job_meta(job.args).get("snoozes", 0) if META_KEY in job.args else 0
+        if isinstance(count, int) and count >= definition.max_snoozes:
+            return None
+        log.debug("Job %s %s", job.id, snooze)
+        return Snoozed(
+            datetime.now(timezone.utc) + timedelta(seconds=snooze.seconds), snooze.reason
+        )
+
+    async def _stopped(self, ctx: JobContext) -> Outcome:
+        """``cancel_job`` stopped the job: ``on_error`` hooks hear it; it ends cancelled."""
+        error = _stopped_error(ctx.job_id)
+        if self.hooks.on_error:
+            await self.hooks.run("on_error", ctx, JobCancelledError(error.split(": ", 1)[1]))
+        log.info("Job %s cancelled while running", ctx.job_id)
+        return Cancelled(error)
 
     def _failed(
         self, job: ClaimedJob, definition: JobDefinition | None, error: str, tb: str | None
@@ -375,7 +456,9 @@ class Worker:
         tasks = [
             asyncio.create_task(self._ack_loop(), name="soniq-acks"),
             asyncio.create_task(self._heartbeat_loop(), name="soniq-heartbeat"),
+            asyncio.create_task(self._cancel_loop(), name="soniq-cancels"),
         ]
+        self._flow = FlowLimits(self.registry, queues, self.settings.poll_interval)
         if listen:  # long-running workers also sweep; a drain (run_once) just works
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="soniq-maintenance"))
         if listener is not None:
@@ -387,10 +470,38 @@ class Worker:
         wanted = set(queues) if queues else None
 
         def wake(queue: str) -> None:
-            if wanted is None or queue in wanted:
+            if queue.startswith(CANCEL_NOTICE):  # cancel_job() of a running job
+                self._cancel_running(queue[len(CANCEL_NOTICE) :])
+            elif wanted is None or queue in wanted:
                 self._wake.set()
 
         return wake
+
+    def _cancel_running(self, job_id: str) -> None:
+        """Stop a running job of ours: an async handler's task is cancelled; a sync one
+        cannot be interrupted, so its thread sees ``ctx.cancelled`` and returns."""
+        if job_id in self._cancel_requested:
+            return
+        for task, job in self._running.items():
+            if job.id == job_id:
+                self._cancel_requested.add(job_id)
+                definition = self.registry.get(job.job_name)
+                if definition is None or definition.is_async:
+                    task.cancel()
+                return
+
+    async def _cancel_loop(self) -> None:
+        """cancel_job() heard at the next heartbeat where no notification comes (SQLite,
+        LISTEN unavailable) or one was missed; asks only while jobs run."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            if not self._running:
+                continue
+            try:
+                for job_id in await self.backend.cancel_requests(self.worker_id):
+                    self._cancel_running(job_id)
+            except Exception as exc:  # noqa: BLE001 - database away: next heartbeat
+                log.warning("Checking for cancelled jobs failed: %s", exc)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -575,6 +686,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _stopped_error(job_id: str) -> str:
+    return (
+        f"JobCancelledError: job {job_id} was cancelled by cancel_job() while it ran; it is "
+        "not retried (enqueue it again to run it)"
+    )
+
+
+def _too_many_snoozes(job: ClaimedJob, definition: JobDefinition) -> _Attempt:
+    error = SnoozeLimitError(
+        f"job {job.id} asked to snooze more than max_snoozes={definition.max_snoozes} times; "
+        "raise @app.job(max_snoozes=...) or let the job finish or fail instead"
+    )
+    return _Attempt(_describe(error), None, error)
+
+
 def _unknown_task(name: str) -> str:
     """The published package's words, which users' alerting may match on."""
     return f"Job {name} not registered."
@@ -583,6 +709,8 @@ def _unknown_task(name: str) -> str:
 def _dump_result(result: Any) -> str | None:
     if result is None:
         return None
+    if isinstance(result, Snooze):  # returned rather than raised: the same snooze
+        raise _Attempt(str(result), None, result)
     try:
         # Refused here, as a failed attempt, rather than failing the whole ack batch.
         return dumps_strict(result)

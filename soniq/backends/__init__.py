@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         Webhook,
         WebhookDelivery,
     )
+    from soniq.flow import LimitedClaim, QueueLimit, TaskLimit
     from soniq.settings import SoniqSettings
 
 
@@ -145,7 +146,8 @@ class StorageBackend(Protocol):
     async def queue_stats(self) -> list[QueueStats]: ...
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a queued job; ``False`` if it is not queued."""
+        """Cancel a queued job, or ask a running one's worker to stop it (it then ends
+        ``cancelled``); ``False`` if the job already finished or does not exist."""
 
     async def delete_job(self, job_id: str) -> bool: ...
 
@@ -267,6 +269,36 @@ class StorageBackend(Protocol):
 
     async def queue_oldest(self) -> dict[str, float]:
         """Seconds since the oldest due queued job of each queue became due."""
+
+    # --- flow control (soniq/flow.py): limits, cancel running jobs, progress ---------
+    async def claim_limited(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int,
+        tasks: Sequence[TaskLimit],
+    ) -> LimitedClaim:  # fmt: skip
+        """``claim``, within every queue limit (``queue_limits``) and task limit (``tasks``).
+
+        One claim at a time across every process (a cluster-wide lock on PostgreSQL,
+        the write lock on SQLite): it reads what each limit has left, skips the rows
+        of a queue, task or key with nothing left (they never hide other work), and
+        logs a start per rate. ``retry_in``: seconds until an exhausted rate reopens.
+        """
+
+    async def queue_limit_set(self, limit: QueueLimit) -> QueueLimit | None:
+        """Store a queue's limits (replacing them); a limit of all ``None`` deletes them."""
+
+    async def queue_limits(self) -> list[QueueLimit]:
+        """Every stored queue limit, sorted by queue."""
+
+    async def cancel_requests(self, worker_id: str) -> list[str]:
+        """Ids of ``worker_id``'s running jobs that ``cancel_job`` asked to stop."""
+
+    async def job_progress(
+        self, job_id: str, lease: str, fraction: float, message: str | None
+    ) -> bool:
+        """Record progress while the claim with ``lease`` holds the job; False otherwise."""
+
+    async def job_checkpoint(self, job_id: str, lease: str, data_json: str) -> bool:
+        """Store the checkpoint the job's next run reads, while ``lease`` holds it."""
 
 
 def make_backend(

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from soniq.backends import StorageBackend
 from soniq.errors import JobValidationError
+from soniq.flow import LimitedClaim, QueueLimit, TaskLimit, check_queue_limit
 from soniq.integrations.connections import executor
-from soniq.job import Ack, ClaimedJob, DeadLetterJob, Job, NewJob, Schedule
+from soniq.job import Ack, ClaimedJob, DeadLetterJob, Job, NewJob, Schedule, check_fraction
 from soniq.utils import UTC, canonical_id, canonical_ids, maybe_utc, to_utc
 
 if TYPE_CHECKING:
@@ -167,6 +168,27 @@ class CheckedBackend:
             return []
         names = list(dict.fromkeys(queues)) if queues else None
         return await self.inner.claim(names, worker_id, limit)
+
+    # --- flow control (soniq/flow.py) ---------------------------------------------
+    async def claim_limited(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int,
+        tasks: Sequence[TaskLimit],
+    ) -> LimitedClaim:  # fmt: skip
+        """The rules of ``claim``; ``tasks`` are the worker's own ``@app.job`` limits."""
+        if limit <= 0:
+            return LimitedClaim([])
+        names = list(dict.fromkeys(queues)) if queues else None
+        return await self.inner.claim_limited(names, worker_id, limit, tasks)
+
+    async def queue_limit_set(self, limit: QueueLimit) -> QueueLimit | None:
+        check_queue_limit(limit)
+        return await self.inner.queue_limit_set(limit)
+
+    async def job_progress(
+        self, job_id: str, lease: str, fraction: float, message: str | None
+    ) -> bool:
+        check_fraction(fraction)
+        return await self.inner.job_progress(job_id, lease, float(fraction), message)
 
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
         if acks:

@@ -56,8 +56,23 @@ from soniq.events import (
     needs_lease_check,
     split_records,
 )
+from soniq.flow import (
+    CANCEL_NOTICE,
+    BudgetRow,
+    Budgets,
+    Candidate,
+    LimitedClaim,
+    QueueLimit,
+    TaskLimit,
+    admit_rounds,
+    flow_fields,
+    needs_settling,
+    rate_windows,
+    task_params,
+)
 from soniq.job import (
     Ack,
+    Cancelled,
     ClaimedJob,
     DeadLetterJob,
     Done,
@@ -68,6 +83,7 @@ from soniq.job import (
     Requeue,
     Retry,
     Schedule,
+    Snoozed,
     WorkerInfo,
 )
 from soniq.settings import SoniqSettings, worker_pool_size
@@ -223,7 +239,14 @@ class PostgresBackend:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await holder.__aexit__(None, None, None)
 
-    async def _enqueue_on(self, conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+    async def _enqueue_on(
+        self, conn: Any, jobs: Sequence[NewJob], *, settle: bool = True
+    ) -> list[str]:
+        if settle and needs_settling(jobs):  # depends_on / concurrency_key: flow control
+            async with _transaction(conn):
+                ids = await self._enqueue_on(conn, jobs, settle=False)
+                await _settle_flow(conn, jobs, ids)
+            return ids
         dedup = any(j.dedup_key is not None for j in jobs)
         if len(jobs) == 1:
             sql = q.JOB_INSERT if dedup else q.JOB_INSERT_PLAIN
@@ -317,8 +340,13 @@ class PostgresBackend:
                  if isinstance(o := a.outcome, Fail)]  # fmt: skip
         requeues = [(a.job.id, a.job.lease, o.run_at) for a in acks
                     if isinstance(o := a.outcome, Requeue)]  # fmt: skip
+        snoozes = [(a.job.id, a.job.lease, o.run_at) for a in acks
+                   if isinstance(o := a.outcome, Snoozed)]  # fmt: skip
+        cancels = [(a.job.id, a.job.lease, o.error) for a in acks
+                   if isinstance(o := a.outcome, Cancelled)]  # fmt: skip
         for sql, rows in ((q.JOB_ACK_RETRY, retries), (q.JOB_ACK_FAIL, fails),
-                          (q.JOB_ACK_REQUEUE, requeues)):  # fmt: skip
+                          (q.JOB_ACK_REQUEUE, requeues), (q.JOB_ACK_SNOOZE, snoozes),
+                          (q.JOB_ACK_CANCELLED, cancels)):  # fmt: skip
             if rows:
                 await conn.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
 
@@ -395,7 +423,10 @@ class PostgresBackend:
         return build_queue_stats((r[0], r[1], r[2]) for r in rows)
 
     async def cancel_job(self, job_id: str) -> bool:
-        return bool(await self.pool.execute(q.JOB_CANCEL, job_id) == "UPDATE 1")
+        if await self.pool.execute(q.JOB_CANCEL, job_id) == "UPDATE 1":
+            return True
+        asked = await self.pool.fetchval(q.JOB_CANCEL_RUNNING, job_id, CANCEL_NOTICE)
+        return asked is not None
 
     async def delete_job(self, job_id: str) -> bool:
         return bool(await self.pool.execute(q.JOB_DELETE, job_id) == "DELETE 1")
@@ -585,6 +616,60 @@ class PostgresBackend:
     async def queue_oldest(self) -> dict[str, float]:
         return {r[0]: float(r[1]) for r in await self.pool.fetch(q.QUEUE_OLDEST)}
 
+    # === flow control (soniq/flow.py): limits, cancel running jobs, progress =========
+    async def claim_limited(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int,
+        tasks: Sequence[TaskLimit],
+    ) -> LimitedClaim:  # fmt: skip
+        lease = uuid.uuid4()
+        names = list(queues) if queues else None
+        scopes, counts, windows, keyed = task_params(tasks)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.FLOW_LOCK)
+            rows = await conn.fetch(q.FLOW_BUDGETS, names, scopes, counts, windows, keyed)
+            now = rows[-1]["now"]
+            budgets = Budgets.build(now, (_budget(r) for r in rows), tasks)
+
+            async def fetch(*blocked: Any) -> list[Candidate]:
+                rows = await conn.fetch(q.FLOW_CANDIDATES, now, names, *blocked)
+                return [Candidate(str(c[0]), c[1], c[2], c[3]) for c in rows]
+
+            ids, starts = await admit_rounds(fetch, limit, budgets)
+            claimed: list[Any] = []
+            if ids:
+                prune, prune_windows = rate_windows(budgets)
+                claimed = await conn.fetch(
+                    q.FLOW_CLAIM, worker_id, lease, now, ids, starts, prune, prune_windows
+                )
+        claimed.sort(key=_claim_order)
+        return LimitedClaim(await self._decoded(claimed, str(lease)), budgets.retry_in())
+
+    async def queue_limit_set(self, limit: QueueLimit) -> QueueLimit | None:
+        if limit.max_concurrency is None and limit.rate_count is None:
+            await self.pool.execute(q.QUEUE_LIMIT_DELETE, limit.queue)
+            return None
+        row = await self.pool.fetchrow(
+            q.QUEUE_LIMIT_UPSERT, limit.queue, limit.max_concurrency, limit.rate_count,
+            limit.rate_seconds,
+        )  # fmt: skip
+        return QueueLimit(*row)
+
+    async def queue_limits(self) -> list[QueueLimit]:
+        return [QueueLimit(*r) for r in await self.pool.fetch(q.QUEUE_LIMITS)]
+
+    async def cancel_requests(self, worker_id: str) -> list[str]:
+        return [str(r[0]) for r in await self.pool.fetch(q.JOB_CANCEL_REQUESTS, worker_id)]
+
+    async def job_progress(
+        self, job_id: str, lease: str, fraction: float, message: str | None
+    ) -> bool:
+        status = await self.pool.execute(q.JOB_PROGRESS, job_id, lease, fraction, message)
+        return bool(status == "UPDATE 1")
+
+    async def job_checkpoint(self, job_id: str, lease: str, data_json: str) -> bool:
+        status = await self.pool.execute(q.JOB_CHECKPOINT, job_id, lease, data_json)
+        return bool(status == "UPDATE 1")
+
 
 async def _keep_session(conn: Any) -> None:
     """Pool reset hook: Soniq's own statements leave no session state behind.
@@ -689,6 +774,7 @@ def _job(r: Any) -> Job:
         created_at=r["created_at"], updated_at=r["updated_at"], started_at=r["started_at"],
         completed_at=r["completed_at"], result=_loads(r["result"]), last_error=r["last_error"],
         worker_id=str(r["worker_id"]) if r["worker_id"] else None, dedup_key=r["dedup_key"],
+        **flow_fields(r, list(r["waiting_for"] or ())),
     )  # fmt: skip
 
 
@@ -778,3 +864,33 @@ def _log_entry(r: Any) -> JobLogEntry:
         job_id=str(r["job_id"]), logged_at=r["logged_at"], level=r["level"], logger=r["logger"],
         message=r["message"],
     )  # fmt: skip
+
+
+# --- flow control -------------------------------------------------------------------
+
+
+def _budget(r: Any) -> BudgetRow:
+    return BudgetRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+
+
+def _transaction(conn: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+    """A transaction (a savepoint inside the caller's) where the connection offers one; a
+    psycopg executor runs inside the caller's own transaction already."""
+    begin = getattr(conn, "transaction", None)
+    return begin() if callable(begin) else contextlib.nullcontext()
+
+
+async def _settle_flow(conn: Any, jobs: Sequence[NewJob], ids: Sequence[str]) -> None:
+    """After the insert, in its transaction: concurrency keys, then each new job's
+    dependencies (flag the live ones, then wait on them or inherit a failure)."""
+    fresh = [j for j, i in zip(jobs, ids, strict=True) if i == j.id]  # not a duplicate's
+    keyed = [j for j in fresh if j.concurrency_key is not None]
+    if keyed:
+        keys = [j.concurrency_key for j in keyed]
+        await conn.execute(q.FLOW_SET_KEYS, [j.id for j in keyed], keys)
+    for job in fresh:
+        if job.depends_on:
+            live = [str(r[0]) for r in await conn.fetch(q.FLOW_DEPS_MARK, list(job.depends_on))]
+            await conn.fetchval(
+                q.FLOW_DEPS_SETTLE, job.id, list(job.depends_on), live, job.scheduled_at
+            )

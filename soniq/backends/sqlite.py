@@ -63,8 +63,24 @@ from soniq.events import (
     needs_lease_check,
     split_records,
 )
+from soniq.flow import (
+    CANCEL_NOTICE,
+    WAITING_AT,
+    BudgetRow,
+    Budgets,
+    Candidate,
+    LimitedClaim,
+    QueueLimit,
+    TaskLimit,
+    admit_rounds,
+    flow_fields,
+    needs_settling,
+    rate_windows,
+    task_params,
+)
 from soniq.job import (
     Ack,
+    Cancelled,
     ClaimedJob,
     DeadLetterJob,
     Done,
@@ -75,6 +91,7 @@ from soniq.job import (
     Requeue,
     Retry,
     Schedule,
+    Snoozed,
     WorkerInfo,
 )
 from soniq.sql import migration_files as packaged_migrations
@@ -323,7 +340,7 @@ class SQLiteBackend:
     # --- producing ---------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         async with self._write() as conn:
-            ids = await _insert(conn, jobs, _us(utc_now()))
+            ids = await _inserted(conn, jobs, _us(utc_now()))
         self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
         return ids
 
@@ -430,7 +447,13 @@ class SQLiteBackend:
 
     async def cancel_job(self, job_id: str) -> bool:
         params = {"id": job_id, "now": _us(utc_now())}
-        return await self._change(q.JOB_CANCEL, params) > 0
+        async with self._write() as conn:
+            if await _changes(conn, q.JOB_CANCEL, params) > 0:
+                return True
+            running = await _changes(conn, q.JOB_CANCEL_RUNNING, params) > 0
+        if running:  # a worker of this backend object hears it at once; others at heartbeat
+            self._listeners.notify([CANCEL_NOTICE + job_id])
+        return running
 
     async def delete_job(self, job_id: str) -> bool:
         return await self._change(q.JOB_DELETE, {"id": job_id}) > 0
@@ -518,7 +541,7 @@ class SQLiteBackend:
         async with self._write() as conn:
             if await _changes(conn, q.SCHEDULE_ADVANCE, params) == 0:
                 return False
-            ids = await _insert(conn, [job], now)
+            ids = await _inserted(conn, [job], now)
         if ids == [job.id]:
             self._listeners.notify([job.queue])
         return True
@@ -546,7 +569,7 @@ class SQLiteBackend:
     ) -> list[str]:
         async with self._write() as conn:
             now = _us(utc_now())
-            ids = await _insert(conn, jobs, now)
+            ids = await _inserted(conn, jobs, now)
             inserted = {j.id for j, i in zip(jobs, ids, strict=True) if i == j.id}
             await _write_records(conn, *split_records(records, inserted=inserted), now=now)
         self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
@@ -637,6 +660,95 @@ class SQLiteBackend:
         rows = await self._fetch(q.QUEUE_OLDEST, {"now": _us(now)})
         return {r[0]: (now - (_dt(r[1]) or now)).total_seconds() for r in rows}
 
+    # === flow control (soniq/flow.py): limits, cancel running jobs, progress =========
+    async def claim_limited(
+        self, queues: Sequence[str] | None, worker_id: str, limit: int,
+        tasks: Sequence[TaskLimit],
+    ) -> LimitedClaim:  # fmt: skip
+        """BEGIN IMMEDIATE already makes this the only claim running anywhere."""
+        lease = str(uuid.uuid4())
+        names = json.dumps(list(queues)) if queues else None
+        scopes, counts, windows, keyed = task_params(tasks)
+        async with self._write() as conn:
+            now = utc_now()  # after the write lock: a claim that waited counts from here
+            stamp = _us(now)
+            params: Params = {
+                "now": stamp, "queues": names, "keyed": json.dumps(keyed),
+                "rates": json.dumps([list(r) for r in zip(scopes, counts, windows, strict=True)]),
+            }  # fmt: skip
+            budget_rows = await conn.execute_fetchall(q.FLOW_BUDGETS, params)
+            budgets = Budgets.build(now, (_budget(r) for r in budget_rows), tasks)
+
+            async def fetch(
+                queues: list[str], tasks: list[str], keys: list[str], exclude: list[str], n: int
+            ) -> list[Candidate]:
+                rows = await conn.execute_fetchall(q.FLOW_CANDIDATES, {
+                    "now": stamp, "queues": names, "limit": n,
+                    "blocked_queues": json.dumps(queues), "blocked_tasks": json.dumps(tasks),
+                    "blocked_keys": json.dumps(keys), "exclude": json.dumps(exclude),
+                })  # fmt: skip
+                return [Candidate(*c) for c in rows]
+
+            ids, starts = await admit_rounds(fetch, limit, budgets)
+            rows: list[sqlite3.Row] = []
+            if ids:
+                claim = {"worker_id": worker_id, "lease": lease, "now": stamp}
+                rows = list(await conn.execute_fetchall(
+                    q.JOB_CLAIM_IDS, {**claim, "ids": json.dumps(ids)}
+                ))  # fmt: skip
+                scopes_windows = [list(w) for w in zip(*rate_windows(budgets), strict=True)]
+                await conn.execute(q.FLOW_START_LOG, {"now": stamp, "scopes": json.dumps(starts)})
+                await conn.execute(
+                    q.FLOW_START_PRUNE, {"now": stamp, "windows": json.dumps(scopes_windows)}
+                )
+        rows.sort(key=_claim_order)
+        return LimitedClaim(await self._flow_jobs(rows, lease), budgets.retry_in())
+
+    async def _flow_jobs(self, rows: list[sqlite3.Row], lease: str) -> list[ClaimedJob]:
+        """Claimed rows as jobs, dead-lettering undecodable arguments as ``claim`` does."""
+        jobs: list[ClaimedJob] = []
+        undecodable: list[Ack] = []
+        for r in rows:
+            args, error = decode_args(r["args"])
+            job = _claimed(r, lease, args)
+            if error is None:
+                jobs.append(job)
+            else:
+                undecodable.append(Ack(job, Fail(error, None)))
+        if undecodable:
+            await self.ack(undecodable, result_ttl=0)
+        return jobs
+
+    async def queue_limit_set(self, limit: QueueLimit) -> QueueLimit | None:
+        if limit.max_concurrency is None and limit.rate_count is None:
+            await self._change(q.QUEUE_LIMIT_DELETE, {"queue": limit.queue})
+            return None
+        params = {
+            "queue": limit.queue, "max_concurrency": limit.max_concurrency,
+            "rate_count": limit.rate_count, "rate_seconds": limit.rate_seconds,
+            "now": _us(utc_now()),
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(q.QUEUE_LIMIT_UPSERT, params))
+        return QueueLimit(*rows[0])
+
+    async def queue_limits(self) -> list[QueueLimit]:
+        return [QueueLimit(*r) for r in await self._fetch(q.QUEUE_LIMITS, {})]
+
+    async def cancel_requests(self, worker_id: str) -> list[str]:
+        rows = await self._fetch(q.JOB_CANCEL_REQUESTS, {"worker_id": worker_id})
+        return [r[0] for r in rows]
+
+    async def job_progress(
+        self, job_id: str, lease: str, fraction: float, message: str | None
+    ) -> bool:
+        params = {"id": job_id, "lease": lease, "progress": fraction, "message": message}
+        return await self._change(q.JOB_PROGRESS, params) > 0
+
+    async def job_checkpoint(self, job_id: str, lease: str, data_json: str) -> bool:
+        params = {"id": job_id, "lease": lease, "data": data_json}
+        return await self._change(q.JOB_CHECKPOINT, params) > 0
+
 
 # --- statements on an open transaction ------------------------------------------
 
@@ -672,6 +784,14 @@ async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob], now: int) 
     return [live.get(j.dedup_key, j.id) if j.dedup_key is not None else j.id for j in jobs]
 
 
+async def _inserted(conn: aiosqlite.Connection, jobs: Sequence[NewJob], now: int) -> list[str]:
+    """``_insert``, then what flow control adds (dependencies, concurrency keys)."""
+    ids = await _insert(conn, jobs, now)
+    if needs_settling(jobs):
+        await _settle_flow(conn, jobs, ids, now)
+    return ids
+
+
 async def _claim_rows(
     conn: aiosqlite.Connection, queues: Sequence[str] | None, params: Params
 ) -> list[sqlite3.Row]:
@@ -703,6 +823,8 @@ def _ack_batches(
     retry: list[Params] = []
     requeue: list[Params] = []
     fail: list[Params] = []
+    snooze: list[Params] = []
+    cancel: list[Params] = []
     for a in acks:
         held: Params = {"id": a.job.id, "lease": a.job.lease, "now": stamp}
         o = a.outcome
@@ -714,6 +836,10 @@ def _ack_batches(
             requeue.append({**held, "run_at": _us(o.run_at or now)})
         elif isinstance(o, Fail):
             fail.append({**held, "error": o.error, "traceback": o.traceback})
+        elif isinstance(o, Snoozed):
+            snooze.append({**held, "run_at": _us(o.run_at)})
+        elif isinstance(o, Cancelled):
+            cancel.append({**held, "error": o.error})
     if result_ttl > 0:
         expires = _us(now + timedelta(seconds=result_ttl))
         done_batch = (q.JOB_ACK_DONE, [{**d, "expires_at": expires} for d in done])
@@ -722,6 +848,7 @@ def _ack_batches(
     batches = [
         done_batch, (q.JOB_ACK_RETRY, retry), (q.JOB_ACK_REQUEUE, requeue),
         (q.JOB_ACK_FAIL_COPY, fail), (q.JOB_ACK_FAIL_DELETE, fail),
+        (q.JOB_ACK_SNOOZE, snooze), (q.JOB_ACK_CANCELLED, cancel),
     ]  # fmt: skip
     return [(sql, rows) for sql, rows in batches if rows]
 
@@ -790,7 +917,7 @@ def _job(r: sqlite3.Row) -> Job:
         created_at=_dt(r["created_at"]), updated_at=_dt(r["updated_at"]),
         started_at=_dt(r["started_at"]), completed_at=_dt(r["completed_at"]),
         result=_loads(r["result"]), last_error=r["last_error"], worker_id=r["worker_id"],
-        dedup_key=r["dedup_key"],
+        dedup_key=r["dedup_key"], **flow_fields(r, json.loads(r["waiting_for"] or "[]")),
     )  # fmt: skip
 
 
@@ -908,3 +1035,41 @@ def _log_entry(r: sqlite3.Row) -> JobLogEntry:
         job_id=r["job_id"], logged_at=_dt(r["logged_at"]) or utc_now(), level=r["level"],
         logger=r["logger"], message=r["message"],
     )  # fmt: skip
+
+
+# === flow control ----------------------------------------------------------------------
+
+
+def _budget(r: sqlite3.Row) -> BudgetRow:
+    oldest, window = r["oldest"], r["secs"]
+    free_at = None
+    if oldest is not None:
+        free_at = _EPOCH + timedelta(microseconds=oldest, seconds=window)
+    return BudgetRow(r["kind"], r["name"], r["key"], r["cap"], int(r["used"]), free_at, window)
+
+
+async def _settle_flow(
+    conn: aiosqlite.Connection, jobs: Sequence[NewJob], ids: Sequence[str], now: int
+) -> None:
+    """In the enqueue's transaction: concurrency keys, then each new job's dependencies
+    (flag the live ones; wait on them, or inherit a failure). Same rule as PostgreSQL's
+    FLOW_DEPS_SETTLE; the write lock makes every state read here final."""
+    fresh = [j for j, i in zip(jobs, ids, strict=True) if i == j.id]  # not a duplicate's
+    keyed = [{"id": j.id, "key": j.concurrency_key} for j in fresh if j.concurrency_key is not None]
+    if keyed:
+        await conn.executemany(q.FLOW_SET_KEY, keyed)
+    for job in fresh:
+        if not job.depends_on:
+            continue
+        deps = json.dumps(list(job.depends_on))
+        live = [r[0] for r in await conn.execute_fetchall(q.FLOW_DEPS_MARK, {"ids": deps})]
+        failed = list(await conn.execute_fetchall(q.FLOW_DEPS_FAILED, {"ids": deps}))
+        if failed:
+            error = f"dependency {failed[0][0]} was {failed[0][1]}"
+            await conn.execute(q.FLOW_DEPS_CANCEL, {"id": job.id, "now": now, "error": error})
+        elif live:
+            run_at = _us(job.scheduled_at) if job.scheduled_at is not None else None
+            await conn.execute(q.FLOW_DEPS_WAIT, {"id": job.id, "waiting_at": _us(WAITING_AT)})
+            await conn.execute(
+                q.FLOW_DEPS_LINK, {"id": job.id, "run_at": run_at, "ids": json.dumps(live)}
+            )

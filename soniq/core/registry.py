@@ -8,9 +8,12 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soniq.errors import JobRegistrationError
+
+if TYPE_CHECKING:
+    from soniq.flow import Rate
 
 RetryDelay = float | list[float]
 
@@ -37,6 +40,11 @@ class JobDefinition:
     # set operations; None for signatures only Signature.bind can judge.
     arg_names: tuple[frozenset[str], frozenset[str] | None] | None = None
     periodic: dict[str, Any] | None = None
+    # Flow control (soniq/flow.py): limits enforced in the claim, and the snooze cap.
+    rate_limit: Rate | None = None
+    concurrency_key: Callable[[dict[str, Any]], Any] | None = None
+    max_concurrency_per_key: int | None = None
+    max_snoozes: int = 100
 
     @property
     def max_attempts(self) -> int:
@@ -59,6 +67,9 @@ class JobDefinition:
             "timeout": self.timeout,
             "args_model": self.args_model,
             "is_async": self.is_async,
+            "rate_limit": str(self.rate_limit) if self.rate_limit is not None else None,
+            "max_concurrency_per_key": self.max_concurrency_per_key,
+            "max_snoozes": self.max_snoozes,
         }
 
 

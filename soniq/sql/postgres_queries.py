@@ -207,10 +207,14 @@ RETURNING owner
 """
 LEASE_RELEASE = "DELETE FROM soniq_leases WHERE role = $1 AND owner = $2"
 
+# The last four are flow control (0006): in the subquery, a bare `id` is the job's.
 _JOB_COLUMNS = """
 id, job_name, args::text AS args, queue, priority, status, attempts, max_attempts,
 scheduled_at, created_at, updated_at, started_at, completed_at, result::text AS result,
-last_error, worker_id, dedup_key
+last_error, worker_id, dedup_key, progress, progress_message,
+cancel_requested_at IS NOT NULL AS cancel_requested,
+coalesce((args #>> '{__soniq__,snoozes}')::int, 0) AS snoozes,
+ARRAY(SELECT depends_on::text FROM soniq_job_deps WHERE job_id = id ORDER BY 1) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
 JOB_LIST = f"""
@@ -669,3 +673,314 @@ SET idle_in_transaction_session_timeout = 0
 SESSION_SETUP_IDLE = "SET idle_session_timeout = 0"  # PostgreSQL 14+
 # Health check of a dedicated connection: no answer within a timeout means half-open.
 SESSION_CHECK = "SELECT 1"
+
+
+# === Flow control: snooze, cancel running jobs, progress, limits, dependencies =======
+# soniq/flow.py and the worker; schema and the dependency triggers in
+# migrations/postgres/0006_flow_control.sql. A job's snooze count and checkpoint live in
+# its metadata (args.__soniq__, soniq.events.META_KEY), so the claim returns them with
+# the arguments at no cost and the claim statements stay as they are.
+
+_SET_META = """jsonb_set(j.args, '{{__soniq__}}',
+    coalesce(j.args -> '__soniq__', '{{}}'::jsonb) || jsonb_build_object({pairs}))"""
+_SNOOZES = "coalesce((j.args #>> '{__soniq__,snoozes}')::int, 0)"
+
+# Snooze: back to the queue at run_at with the attempt given back, snoozes + 1.
+# No NOTIFY: the job is due later, and the snoozing worker wakes itself.
+JOB_ACK_SNOOZE = f"""
+UPDATE soniq_jobs j
+SET status = 'queued', attempts = GREATEST(j.attempts - 1, 0), scheduled_at = a.run_at,
+    worker_id = NULL, lease = NULL, updated_at = now(),
+    args = {_SET_META.format(pairs=f"'snoozes', {_SNOOZES} + 1")}
+FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS a(id, lease, run_at)
+WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+"""
+
+# A running job its worker stopped after cancel_job(): final, never retried. The
+# dependants trigger cancels whatever waits on it.
+JOB_ACK_CANCELLED = """
+UPDATE soniq_jobs j
+SET status = 'cancelled', completed_at = now(), updated_at = now(), last_error = a.error,
+    lease = NULL
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS a(id, lease, error)
+WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+"""
+
+# cancel_job() of a running job: mark it, and tell its worker on the channel workers
+# already listen on ($2 = soniq.flow.CANCEL_NOTICE, which no queue name starts with).
+JOB_CANCEL_RUNNING = f"""
+WITH asked AS (
+    UPDATE soniq_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = $1 AND status = 'processing'
+    RETURNING id
+)
+SELECT id, pg_notify('{CHANNEL}', $2 || id::text) FROM asked
+"""
+# The heartbeat's fallback for a missed notification (LISTEN down, a pooler): this
+# worker's running jobs that were asked to cancel. Running rows only, found through
+# soniq_jobs_live_recent_idx (status first).
+JOB_CANCEL_REQUESTS = """
+SELECT id FROM soniq_jobs
+WHERE status = 'processing' AND worker_id = $1 AND cancel_requested_at IS NOT NULL
+"""
+
+# ctx.progress / ctx.checkpoint: only the claim's holder writes (the lease guard).
+JOB_PROGRESS = """
+UPDATE soniq_jobs SET progress = $3, progress_message = $4
+WHERE id = $1 AND lease = $2 AND status = 'processing'
+"""
+JOB_CHECKPOINT = f"""
+UPDATE soniq_jobs j SET args = {_SET_META.format(pairs="'checkpoint', $3::jsonb")}
+WHERE j.id = $1 AND j.lease = $2 AND j.status = 'processing'
+"""
+
+# --- limits (app.queue_limits, @app.job(rate_limit=, concurrency_key=)) ------------
+_QUEUE_LIMIT_COLUMNS = "queue, max_concurrency, rate_count, rate_seconds"
+QUEUE_LIMIT_UPSERT = f"""
+INSERT INTO soniq_queue_limits ({_QUEUE_LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4)
+ON CONFLICT (queue) DO UPDATE
+SET max_concurrency = EXCLUDED.max_concurrency, rate_count = EXCLUDED.rate_count,
+    rate_seconds = EXCLUDED.rate_seconds, updated_at = now()
+RETURNING {_QUEUE_LIMIT_COLUMNS}
+"""
+QUEUE_LIMIT_DELETE = "DELETE FROM soniq_queue_limits WHERE queue = $1"
+QUEUE_LIMITS = f"SELECT {_QUEUE_LIMIT_COLUMNS} FROM soniq_queue_limits ORDER BY queue"
+
+# Limited claims run one at a time across the whole cluster: a transaction-level
+# advisory lock, taken first. The two-int form is a key space apart from the
+# single-bigint keys of migrations and worker liveness.
+FLOW_LOCK = "SELECT pg_advisory_xact_lock(1397706313, 1179406167)"  # 'SONI', 'FLOW'
+
+# What each limit has left, read after the lock (clock_timestamp(), not the
+# transaction's start: a claim that waited for the lock counts from when it got it).
+# $1 the worker's queues (NULL = all); $2..$4 rated tasks as scope/N/window; $5 tasks
+# with per-key limits. Running rows are read once (MATERIALIZED) and through
+# soniq_jobs_live_recent_idx: as many as all workers' slots, never the backlog.
+FLOW_BUDGETS = """
+WITH now AS (SELECT clock_timestamp() AS t),
+limits AS (
+    SELECT queue, max_concurrency, rate_count, rate_seconds FROM soniq_queue_limits
+    WHERE $1::text[] IS NULL OR queue = ANY($1::text[])
+),
+running AS MATERIALIZED (
+    SELECT queue, job_name, concurrency_key FROM soniq_jobs WHERE status = 'processing'
+),
+rates AS (
+    SELECT 'queue:' || queue AS scope, rate_count AS n, rate_seconds AS secs
+    FROM limits WHERE rate_count IS NOT NULL
+    UNION ALL
+    SELECT * FROM unnest($2::text[], $3::int[], $4::float8[])
+)
+SELECT 'queue' AS kind, l.queue AS name, NULL::text AS key, l.max_concurrency AS cap,
+       (SELECT count(*) FROM running r WHERE r.queue = l.queue)::int AS used,
+       NULL::timestamptz AS free_at, NULL::float8 AS secs, now.t AS now
+FROM limits l, now WHERE l.max_concurrency IS NOT NULL
+UNION ALL
+SELECT 'rate', r.scope, NULL, r.n, w.used, w.oldest + make_interval(secs => r.secs), r.secs,
+       now.t
+FROM rates r, now, LATERAL (
+    SELECT count(*)::int AS used, min(f.started_at) AS oldest FROM soniq_flow_starts f
+    WHERE f.scope = r.scope AND f.started_at > now.t - make_interval(secs => r.secs)
+) w
+UNION ALL
+SELECT 'key', r.job_name, r.concurrency_key, NULL, count(*)::int, NULL, NULL, now.t
+FROM running r, now
+WHERE r.concurrency_key IS NOT NULL AND r.job_name = ANY($5::text[])
+GROUP BY r.job_name, r.concurrency_key, now.t
+UNION ALL
+SELECT 'now', '', NULL, NULL, 0, NULL, NULL, now.t FROM now
+"""
+
+# Due rows in claim order, minus those of a queue, task or key with no slot left (so
+# a limit that is reached never hides the jobs behind it). Locked for this
+# transaction; the ones admit() passes over are released at commit. $1 now, $2
+# queues (NULL = all), $3 blocked queues, $4 blocked tasks, $5 blocked task+key, $6
+# ids already admitted by an earlier read of this claim (our own locks hide nothing).
+FLOW_CANDIDATES = """
+SELECT id, job_name, queue, concurrency_key FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at <= $1
+  AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
+  AND NOT (queue = ANY($3::text[]))
+  AND NOT (job_name = ANY($4::text[]))
+  AND (concurrency_key IS NULL
+       OR NOT ((job_name || chr(31) || concurrency_key) = ANY($5::text[])))
+  AND NOT (id = ANY($6::uuid[]))
+ORDER BY priority, scheduled_at, seq
+LIMIT $7
+FOR UPDATE SKIP LOCKED
+"""
+
+# Take the admitted rows (same columns as the plain claim), log one start per rate
+# each falls under, and drop starts that left their window. $3 is the budget
+# read's clock: started_at and the rate log agree to the microsecond.
+FLOW_CLAIM = """
+WITH claimed AS (
+    UPDATE soniq_jobs j
+    SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $2,
+        started_at = $3, updated_at = $3
+    WHERE j.id = ANY($4::uuid[]) AND j.status = 'queued'
+    RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
+              j.scheduled_at, j.created_at, j.priority, j.seq
+), logged AS (
+    INSERT INTO soniq_flow_starts (scope, started_at) SELECT s, $3 FROM unnest($5::text[]) s
+), pruned AS (
+    DELETE FROM soniq_flow_starts f USING unnest($6::text[], $7::float8[]) AS w(scope, secs)
+    WHERE f.scope = w.scope AND f.started_at <= $3 - make_interval(secs => w.secs)
+)
+SELECT * FROM claimed
+"""
+
+# --- dependencies (enqueue(..., depends_on=[...])) ----------------------------------
+# 1. Flag the dependencies still live, so their end settles the new job (trigger).
+#    The row locks this takes wait out any end in flight: the next statement then
+#    reads the final state of every dependency it did not flag.
+FLOW_DEPS_MARK = """
+UPDATE soniq_jobs SET has_dependants = true
+WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'processing')
+RETURNING id
+"""
+# 2. Settle the new job $1: cancelled if a dependency ($2, all) already was or was
+#    dead-lettered; else waiting on the live ones ($3) until they are done ($4 = the
+#    job's own run time, kept for then). A dependency found nowhere finished and was
+#    pruned (result_ttl): it counts as done.
+FLOW_DEPS_SETTLE = """
+WITH failed AS (
+    SELECT id, 'cancelled' AS how FROM soniq_jobs
+    WHERE id = ANY($2::uuid[]) AND status = 'cancelled'
+    UNION ALL
+    SELECT id, 'dead-lettered' FROM soniq_dead_letter_jobs WHERE id = ANY($2::uuid[])
+    ORDER BY 1 LIMIT 1
+), cancelled AS (
+    UPDATE soniq_jobs
+    SET status = 'cancelled', completed_at = now(), updated_at = now(),
+        last_error = (SELECT format('dependency %s was %s', id, how) FROM failed)
+    WHERE id = $1 AND status = 'queued' AND EXISTS (SELECT 1 FROM failed)
+    RETURNING id
+), waiting AS (
+    UPDATE soniq_jobs SET scheduled_at = '9999-12-31 00:00:00+00'
+    WHERE id = $1 AND status = 'queued' AND cardinality($3::uuid[]) > 0
+      AND NOT EXISTS (SELECT 1 FROM failed)
+    RETURNING id
+), links AS (
+    INSERT INTO soniq_job_deps (job_id, depends_on, run_at)
+    SELECT w.id, d, $4 FROM waiting w, unnest($3::uuid[]) AS d
+)
+SELECT (SELECT count(*) FROM cancelled) + 0 AS cancelled
+"""
+# Keys of @app.job(concurrency_key=...) jobs, written with their insert (same
+# transaction), only for rows that insert created.
+FLOW_SET_KEYS = """
+UPDATE soniq_jobs j SET concurrency_key = k.key
+FROM unnest($1::uuid[], $2::text[]) AS k(id, key) WHERE j.id = k.id
+"""
+
+# Transactional enqueue on a psycopg connection runs these too.
+PSYCOPG_STATEMENTS.update(
+    {sql: to_psycopg(sql) for sql in (FLOW_DEPS_MARK, FLOW_DEPS_SETTLE, FLOW_SET_KEYS)}
+)
+
+
+# === Adopting a database made by the published soniq 0.0.x (soniq/backends/adopt_pg.py) ===
+# The published package's tables share our names but not our columns. setup() moves them
+# into a schema of their own (names, indexes, constraints and owned sequences all move,
+# so nothing clashes with ours), creates our schema, copies what is still wanted, and
+# keeps the originals for the user to drop. All in one transaction with our migrations.
+
+# Its migrations table has a `version` column; ours never had one.
+ADOPT_DETECT = """
+SELECT EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'soniq_migrations'
+      AND column_name = 'version'
+)
+"""
+ADOPT_SCHEMA = "soniq_published"
+ADOPT_MOVE = """
+DO $$
+DECLARE t text;
+BEGIN
+    CREATE SCHEMA soniq_published;
+    FOREACH t IN ARRAY ARRAY['soniq_jobs', 'soniq_dead_letter_jobs', 'soniq_recurring_jobs',
+        'soniq_workers', 'soniq_migrations', 'soniq_task_registry', 'soniq_webhook_deliveries',
+        'soniq_webhook_endpoints', 'soniq_logs'] LOOP
+        IF to_regclass(t) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %I SET SCHEMA soniq_published', t);
+        END IF;
+    END LOOP;
+END $$
+"""
+# Live and finished jobs. A job some old worker was running goes back to the queue with
+# its attempts as they were (that worker is gone). Its unique index covered queued rows
+# only, so a processing row can share a dedup key with a queued one: the first copy wins,
+# which is what deduplication means. FIFO order is kept by inserting oldest first.
+ADOPT_COPY_JOBS = """
+INSERT INTO soniq_jobs (id, job_name, args, queue, priority, status, attempts, max_attempts,
+                        scheduled_at, created_at, updated_at, completed_at, expires_at,
+                        result, last_error, dedup_key)
+SELECT id, job_name, COALESCE(args, '{}'::jsonb), COALESCE(queue, 'default'),
+       LEAST(GREATEST(COALESCE(priority, 100), 1), 1000),
+       CASE status WHEN 'processing' THEN 'queued' ELSE status END,
+       COALESCE(attempts, 0), GREATEST(COALESCE(max_attempts, 4), 1),
+       COALESCE(scheduled_at, created_at, now()), COALESCE(created_at, now()),
+       COALESCE(updated_at, now()),
+       CASE WHEN status IN ('done', 'cancelled') THEN updated_at END,
+       CASE WHEN status IN ('done', 'cancelled') THEN COALESCE(expires_at, updated_at, now()) END,
+       result, last_error,
+       CASE WHEN status IN ('queued', 'processing') THEN dedup_key END
+FROM soniq_published.soniq_jobs
+ORDER BY created_at, id
+ON CONFLICT DO NOTHING
+"""
+# Its last_error held the message and then the traceback; ours keeps them apart.
+ADOPT_COPY_DEAD_LETTERS = """
+INSERT INTO soniq_dead_letter_jobs (id, job_name, args, queue, priority, attempts,
+                                    max_attempts, last_error, traceback, created_at,
+                                    dead_lettered_at, resurrection_count, last_replayed_at)
+SELECT id, job_name, COALESCE(args, '{}'::jsonb), queue,
+       LEAST(GREATEST(priority, 1), 1000), attempts, max_attempts,
+       split_part(last_error, E'\\n', 1),
+       CASE WHEN strpos(last_error, E'\\n') > 0
+            THEN substr(last_error, strpos(last_error, E'\\n') + 1) END,
+       original_created_at, moved_to_dead_letter_at, COALESCE(resurrection_count, 0),
+       last_resurrection_at
+FROM soniq_published.soniq_dead_letter_jobs
+ON CONFLICT (id) DO NOTHING
+"""
+# Its schedules are named by their task; two of one task get the id's start appended.
+# Intervals were stored as whole seconds in text.
+ADOPT_COPY_SCHEDULES = """
+INSERT INTO soniq_schedules (name, job_name, args, queue, priority, cron, every_seconds,
+                             timezone, status, next_run_at, last_run_at, created_at,
+                             updated_at)
+SELECT CASE WHEN count(*) OVER (PARTITION BY job_name) = 1 THEN job_name
+            ELSE job_name || '#' || left(id::text, 8) END,
+       job_name, COALESCE(job_kwargs, '{}'::jsonb), queue,
+       LEAST(GREATEST(priority, 1), 1000),
+       CASE WHEN schedule_type = 'cron' THEN schedule_value END,
+       CASE WHEN schedule_type = 'interval' THEN schedule_value::double precision END,
+       'UTC', status, next_run, last_run, COALESCE(created_at, now()),
+       COALESCE(updated_at, now())
+FROM soniq_published.soniq_recurring_jobs
+WHERE schedule_type = 'cron'
+   OR (schedule_type = 'interval' AND schedule_value ~ '^[0-9]+(\\.[0-9]+)?$'
+       AND schedule_value::double precision > 0)
+ON CONFLICT (name) DO NOTHING
+"""
+# Active endpoints. Their ids were free text: a non-UUID id maps to a stable UUID. The
+# published package had no SSRF guard, so private targets stay allowed for these.
+ADOPT_COPY_WEBHOOKS = """
+INSERT INTO soniq_webhooks (id, url, events, secret, allow_private, created_at)
+SELECT CASE WHEN id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            THEN id::uuid ELSE md5(id)::uuid END,
+       url,
+       CASE WHEN jsonb_typeof(events) = 'array' AND jsonb_array_length(events) > 0
+            THEN ARRAY(SELECT jsonb_array_elements_text(events)) END,
+       secret, true, COALESCE(created_at, now())
+FROM soniq_published.soniq_webhook_endpoints
+WHERE COALESCE(active, true)
+ON CONFLICT (id) DO NOTHING
+"""
+ADOPT_STEP = "0000_adopt_published"
+"""Recorded in soniq_migrations (and reported by setup) when a published database was adopted."""
+# An older published release may lack some of those tables: copy only what is there.
+ADOPT_TABLE_PRESENT = "SELECT to_regclass('soniq_published.' || $1) IS NOT NULL"

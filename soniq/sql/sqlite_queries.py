@@ -207,9 +207,14 @@ RETURNING owner
 LEASE_RELEASE = "DELETE FROM soniq_leases WHERE role = :role AND owner = :owner"
 
 # --- reads and management ---------------------------------------------------
+# The last four are flow control (0006): in the subquery, a bare `id` is the job's.
 _JOB_COLUMNS = """
 id, job_name, args, queue, priority, status, attempts, max_attempts, scheduled_at,
-created_at, updated_at, started_at, completed_at, result, last_error, worker_id, dedup_key
+created_at, updated_at, started_at, completed_at, result, last_error, worker_id, dedup_key,
+progress, progress_message, cancel_requested_at IS NOT NULL AS cancel_requested,
+coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) AS snoozes,
+(SELECT json_group_array(depends_on) FROM (
+    SELECT depends_on FROM soniq_job_deps WHERE job_id = id ORDER BY 1)) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = :id"
 JOB_LIST = f"""
@@ -466,3 +471,158 @@ SELECT queue, min(scheduled_at) AS oldest FROM soniq_jobs
 WHERE status = 'queued' AND scheduled_at <= :now
 GROUP BY queue
 """
+
+
+# === Flow control: snooze, cancel running jobs, progress, limits, dependencies =======
+# soniq/flow.py and the worker; schema and the dependency triggers in
+# migrations/sqlite/0006_flow_control.sql. A job's snooze count and checkpoint live in
+# its metadata (args.__soniq__), so the claim returns them with the arguments.
+# json_set creates the __soniq__ object when the job has none yet.
+
+# Snooze: back to the queue at :run_at with the attempt given back, snoozes + 1.
+JOB_ACK_SNOOZE = f"""
+UPDATE soniq_jobs
+SET status = 'queued', attempts = MAX(attempts - 1, 0), scheduled_at = :run_at,
+    worker_id = NULL, lease = NULL, updated_at = :now,
+    args = json_set(args, '$.__soniq__.snoozes',
+                    coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) + 1)
+WHERE {_HELD}
+"""
+# A running job its worker stopped after cancel_job(): final, never retried.
+JOB_ACK_CANCELLED = f"""
+UPDATE soniq_jobs
+SET status = 'cancelled', completed_at = :now, updated_at = :now, last_error = :error,
+    lease = NULL
+WHERE {_HELD}
+"""
+
+# cancel_job() of a running job: marked here; its worker hears it at its next
+# heartbeat (or at once, through the in-process listeners of this backend object).
+JOB_CANCEL_RUNNING = """
+UPDATE soniq_jobs SET cancel_requested_at = coalesce(cancel_requested_at, :now)
+WHERE id = :id AND status = 'processing'
+"""
+# This worker's running jobs that were asked to cancel (soniq_jobs_processing_idx).
+JOB_CANCEL_REQUESTS = """
+SELECT id FROM soniq_jobs
+WHERE status = 'processing' AND worker_id = :worker_id AND cancel_requested_at IS NOT NULL
+"""
+
+# ctx.progress / ctx.checkpoint: only the claim's holder writes (the lease guard).
+JOB_PROGRESS = """
+UPDATE soniq_jobs SET progress = :progress, progress_message = :message
+WHERE id = :id AND lease = :lease AND status = 'processing'
+"""
+JOB_CHECKPOINT = """
+UPDATE soniq_jobs SET args = json_set(args, '$.__soniq__.checkpoint', json(:data))
+WHERE id = :id AND lease = :lease AND status = 'processing'
+"""
+
+# --- limits (app.queue_limits, @app.job(rate_limit=, concurrency_key=)) ------------
+_QUEUE_LIMIT_COLUMNS = "queue, max_concurrency, rate_count, rate_seconds"
+QUEUE_LIMIT_UPSERT = f"""
+INSERT INTO soniq_queue_limits ({_QUEUE_LIMIT_COLUMNS}, updated_at)
+VALUES (:queue, :max_concurrency, :rate_count, :rate_seconds, :now)
+ON CONFLICT (queue) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, rate_count = excluded.rate_count,
+    rate_seconds = excluded.rate_seconds, updated_at = excluded.updated_at
+RETURNING {_QUEUE_LIMIT_COLUMNS}
+"""
+QUEUE_LIMIT_DELETE = "DELETE FROM soniq_queue_limits WHERE queue = :queue"
+QUEUE_LIMITS = f"SELECT {_QUEUE_LIMIT_COLUMNS} FROM soniq_queue_limits ORDER BY queue"
+
+# What each limit has left. The claim's BEGIN IMMEDIATE already serialises it with
+# every other writer, here and in other processes. :queues NULL = all; :rates a JSON
+# list of [scope, N, window seconds] of rated tasks; :keyed tasks with per-key limits.
+FLOW_BUDGETS = """
+WITH limits AS (
+    SELECT queue, max_concurrency, rate_count, rate_seconds FROM soniq_queue_limits
+    WHERE :queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))
+),
+running AS MATERIALIZED (
+    SELECT queue, job_name, concurrency_key FROM soniq_jobs WHERE status = 'processing'
+),
+rates AS (
+    SELECT 'queue:' || queue AS scope, rate_count AS n, rate_seconds AS secs
+    FROM limits WHERE rate_count IS NOT NULL
+    UNION ALL
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+    FROM json_each(:rates)
+)
+SELECT 'queue' AS kind, l.queue AS name, NULL AS key, l.max_concurrency AS cap,
+       (SELECT count(*) FROM running r WHERE r.queue = l.queue) AS used,
+       NULL AS oldest, NULL AS secs
+FROM limits l WHERE l.max_concurrency IS NOT NULL
+UNION ALL
+SELECT 'rate', r.scope, NULL, r.n,
+       (SELECT count(*) FROM soniq_flow_starts f
+        WHERE f.scope = r.scope AND f.started_at > :now - CAST(r.secs * 1000000 AS INTEGER)),
+       (SELECT min(f.started_at) FROM soniq_flow_starts f
+        WHERE f.scope = r.scope AND f.started_at > :now - CAST(r.secs * 1000000 AS INTEGER)),
+       r.secs
+FROM rates r
+UNION ALL
+SELECT 'key', r.job_name, r.concurrency_key, NULL, count(*), NULL, NULL
+FROM running r
+WHERE r.concurrency_key IS NOT NULL AND r.job_name IN (SELECT value FROM json_each(:keyed))
+GROUP BY r.job_name, r.concurrency_key
+"""
+
+# Due rows in claim order (the claim index, named as the plain claims name it), minus
+# those of a queue, task or key with no slot left: a limit that is reached never hides
+# the jobs behind it.
+FLOW_CANDIDATES = """
+SELECT id, job_name, queue, concurrency_key FROM soniq_jobs INDEXED BY soniq_jobs_claim_all_idx
+WHERE status = 'queued' AND scheduled_at <= :now
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND queue NOT IN (SELECT value FROM json_each(:blocked_queues))
+  AND job_name NOT IN (SELECT value FROM json_each(:blocked_tasks))
+  AND (concurrency_key IS NULL OR job_name || char(31) || concurrency_key
+       NOT IN (SELECT value FROM json_each(:blocked_keys)))
+  AND id NOT IN (SELECT value FROM json_each(:exclude))
+ORDER BY priority, scheduled_at, created_at, rowid
+LIMIT :limit
+"""
+# One start per admitted job per rate it falls under, and the starts that left
+# their window dropped (:windows: a JSON list of [scope, seconds]).
+FLOW_START_LOG = """
+INSERT INTO soniq_flow_starts (scope, started_at) SELECT value, :now FROM json_each(:scopes)
+"""
+FLOW_START_PRUNE = """
+DELETE FROM soniq_flow_starts WHERE rowid IN (
+    SELECT f.rowid FROM soniq_flow_starts f JOIN json_each(:windows) w
+      ON f.scope = json_extract(w.value, '$[0]')
+    WHERE f.started_at <= :now - CAST(json_extract(w.value, '$[1]') * 1000000 AS INTEGER)
+)
+"""
+
+# --- dependencies (enqueue(..., depends_on=[...])), in the enqueue's transaction ----
+# Flag the dependencies still live, so their end settles the new job (trigger).
+FLOW_DEPS_MARK = """
+UPDATE soniq_jobs SET has_dependants = 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'processing')
+RETURNING id
+"""
+# A dependency already cancelled or dead-lettered (the first, by id).
+FLOW_DEPS_FAILED = """
+SELECT id, 'cancelled' AS how FROM soniq_jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'cancelled'
+UNION ALL
+SELECT id, 'dead-lettered' FROM soniq_dead_letter_jobs
+WHERE id IN (SELECT value FROM json_each(:ids))
+ORDER BY 1 LIMIT 1
+"""
+FLOW_DEPS_CANCEL = """
+UPDATE soniq_jobs SET status = 'cancelled', completed_at = :now, updated_at = :now,
+    last_error = :error
+WHERE id = :id AND status = 'queued'
+"""
+# Waiting: never due (soniq.flow.WAITING_AT) until the trigger moves it.
+FLOW_DEPS_WAIT = """
+UPDATE soniq_jobs SET scheduled_at = :waiting_at WHERE id = :id AND status = 'queued'
+"""
+FLOW_DEPS_LINK = """
+INSERT INTO soniq_job_deps (job_id, depends_on, run_at)
+SELECT :id, value, :run_at FROM json_each(:ids)
+"""
+FLOW_SET_KEY = "UPDATE soniq_jobs SET concurrency_key = :key WHERE id = :id"
