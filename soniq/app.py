@@ -89,11 +89,7 @@ class Soniq:
             self._init_lock, self._loop, self._initialized = asyncio.Lock(), loop, False
         async with self._init_lock:
             if not self._initialized:
-                try:
-                    await self.backend.open()
-                except SchemaMissingError:
-                    # Name the database looked at and the exact command that fixes it.
-                    raise SchemaMissingError.for_database(self.database_url) from None
+                await self.backend.open()
                 self._initialized = True
 
     async def setup(self) -> MigrationReport:

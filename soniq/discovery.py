@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from soniq.app import Soniq
-from soniq.errors import DiscoveryError
+from soniq.errors import AmbiguousAppError, DiscoveryError
 from soniq.utils import split_csv
 
 MAX_TRACEBACK_FRAMES = 6
@@ -40,7 +40,9 @@ def discover_app(modules: str | Sequence[str], *, cwd: str | None = None) -> Son
     """Import ``modules`` and return the one ``Soniq`` instance that has registered jobs.
 
     Raises ``DiscoveryError`` (with what to check) when no module is given, one
-    fails to import, or the modules hold no instance with jobs, or several.
+    fails to import, or the modules hold no instance with jobs; ``AmbiguousAppError``
+    (a ``DiscoveryError`` and, as in the published package, a ``RuntimeError``) when
+    they hold several.
     """
     names = parse_modules(modules)
     if not names:
@@ -146,10 +148,8 @@ def _pick(names: list[str], found: list[tuple[str, Soniq]], empty: list[str]) ->
             "to the module(s) that create your `app = Soniq(...)` and define its "
             "@app.job() functions."
         )
-    listed = "; ".join(
-        f"{label} ({len(app.registry)} jobs, {app!r})" for label, app in found
-    )
-    raise DiscoveryError(
+    listed = "; ".join(f"{label} ({len(app.registry)} jobs, {app!r})" for label, app in found)
+    raise AmbiguousAppError(
         f"Found {len(found)} Soniq instances with registered jobs in {modules}: {listed}. "
         "A worker runs one instance: point SONIQ_JOBS_MODULES (or --jobs-modules) at the "
         "modules of one of them, and run one worker per instance."
@@ -157,6 +157,7 @@ def _pick(names: list[str], found: list[tuple[str, Soniq]], empty: list[str]) ->
 
 
 __all__ = [
+    "AmbiguousAppError",
     "discover_app",
     "ensure_importable",
     "import_module",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from soniq.core.registry import JobDefinition, JobRegistry
+from soniq.core.registry import JobDefinition, JobRegistry, check_task_name
 from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
 from soniq.flow import concurrency_key_of
 from soniq.job import NewJob
@@ -79,7 +79,21 @@ def build_jobs(
 ) -> list[NewJob]:
     """``build_job`` for many argument dicts of one target, resolving the target once."""
     resolved = _resolve(registry, settings, target, None, {}, warned)
-    return [_make_job(resolved, settings, dict(item), options) for item in items]
+    jobs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"enqueue_many() takes a list of argument dicts; item {index} is a "
+                f"{type(item).__name__}. Pass e.g. [{{'user_id': 1}}, {{'user_id': 2}}]"
+            )
+        try:
+            jobs.append(_make_job(resolved, settings, dict(item), options))
+        except JobValidationError as exc:
+            # Which row was refused; nothing of the batch is written.
+            exc.context["index"] = index
+            exc.message = f"Item {index}: {exc.message}"
+            raise
+    return jobs
 
 
 def _make_job(
@@ -150,6 +164,8 @@ def _resolve(
         _no_kwargs(kwargs, "a task-name string")
         definition = registry.get(target)
         if definition is None:
+            # Names registered here were checked (or derived) at registration.
+            check_task_name(target, settings.task_name_pattern)
             _unknown_name(registry, settings, target, warned)
         return _Target(target, definition, None)
     if callable(target):
@@ -162,7 +178,8 @@ def _resolve(
         if definition is None:
             raise UnknownTaskError(
                 f"{_describe(target)} is not a registered job of this Soniq instance; "
-                "decorate it with @app.job() on the same instance you enqueue with"
+                "decorate it with @app.job() on the same instance you enqueue with",
+                context={"task_name": _describe(target), "mode": settings.enqueue_validation},
             )
         return _Target(definition.name, definition, None)
     raise TypeError(
@@ -191,7 +208,9 @@ def _unknown_name(
     """
     mode = settings.enqueue_validation
     if mode == "strict":
-        raise UnknownTaskError(_unknown_task_message(registry, name))
+        raise UnknownTaskError(
+            _unknown_task_message(registry, name), context={"task_name": name, "mode": mode}
+        )
     if mode == "warn" and (warned is None or name not in warned):
         if warned is not None:
             warned.add(name)
@@ -232,7 +251,8 @@ def _check_arguments(definition: JobDefinition, job_args: dict[str, Any]) -> Non
     except TypeError as exc:
         raise JobValidationError(
             f"Arguments {sorted(job_args)} do not fit {definition.name}{definition.signature}: "
-            f"{exc}. Pass exactly the handler's parameters."
+            f"{exc}. Pass exactly the handler's parameters.",
+            context={"task_name": definition.name, "arguments": sorted(job_args)},
         ) from None
     if definition.args_model is not None:
         _validate_model(definition.name, definition.args_model, job_args)
@@ -243,7 +263,8 @@ def _validate_model(name: str, model: type[Any], job_args: dict[str, Any]) -> No
         model.model_validate(job_args)
     except Exception as exc:  # noqa: BLE001 - any model error, pydantic or custom
         raise JobValidationError(
-            f"Arguments for {name} failed validation against {model.__name__}: {exc}"
+            f"Arguments for {name} failed validation against {model.__name__}: {exc}",
+            context={"task_name": name, "model": model.__name__},
         ) from None
 
 
@@ -258,14 +279,19 @@ def _dumps_args(name: str, job_args: dict[str, Any]) -> str:
 
 
 def _queue(resolved: _Target, options: EnqueueOptions) -> str:
+    """Explicit ``queue=``, then the TaskRef's default, then the registered queue.
+
+    The ref's default wins over a local registration of the same name: the producer
+    that wrote the ref routes its own enqueues (the published package's rule).
+    """
     if options.queue is not None:
         if not isinstance(options.queue, str) or not options.queue:
             raise JobValidationError("queue= must be a non-empty string")
         return options.queue
-    if resolved.definition is not None:
-        return resolved.definition.queue
     if resolved.ref is not None and resolved.ref.default_queue:
         return resolved.ref.default_queue
+    if resolved.definition is not None:
+        return resolved.definition.queue
     return "default"
 
 
@@ -305,13 +331,16 @@ def _dedup_key(
     return f"{resolved.name}:{digest}"
 
 
-def to_utc(value: datetime | float | int | None) -> datetime | None:
-    """Aware datetimes convert to UTC; naive ones are taken as UTC; numbers are seconds from now."""
+def to_utc(value: datetime | timedelta | float | int | None) -> datetime | None:
+    """Aware datetimes convert to UTC; naive ones are taken as UTC; numbers and
+    ``timedelta`` are an offset from now."""
     if value is None:
         return None
     try:
         if isinstance(value, datetime):
             return aware_utc(value)
+        if isinstance(value, timedelta):
+            return utc_now() + value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return utc_now() + timedelta(seconds=float(value))
     except (OverflowError, ValueError):  # NaN, or past year 9999 in UTC
@@ -320,5 +349,6 @@ def to_utc(value: datetime | float | int | None) -> datetime | None:
             "between years 1 and 9999, or a finite number of seconds from now"
         ) from None
     raise JobValidationError(
-        f"scheduled_at/run_at must be a datetime or seconds from now, got {type(value).__name__}"
+        "scheduled_at/run_at must be a datetime, a timedelta or seconds from now, got "
+        f"{type(value).__name__}"
     )

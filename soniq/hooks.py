@@ -56,6 +56,9 @@ def adapt_hook(event: str, func: Callable[..., Any]) -> Adapter:
         build = _positional_args(event)
     elif _fits(func, _CONTEXT_ARITY[event]):
         build = _context_args(event)
+    elif event == "on_error" and _fits(func, 3):
+        # The published tutorial's on_error(job_name, job_id, error): no attempt.
+        build = _three_args
     else:
         raise JobRegistrationError(
             f"{event} hook {getattr(func, '__qualname__', func)} takes neither "
@@ -78,6 +81,10 @@ def _positional_args(event: str) -> Callable[[JobContext, Any], tuple[Any, ...]]
     if event == "after_job":
         return lambda ctx, extra: (ctx.job_name, ctx.job_id, extra)
     return lambda ctx, extra: (ctx.job_name, ctx.job_id, str(extra), ctx.attempt)
+
+
+def _three_args(ctx: JobContext, extra: Any) -> tuple[Any, ...]:
+    return (ctx.job_name, ctx.job_id, str(extra))
 
 
 def _context_args(event: str) -> Callable[[JobContext, Any], tuple[Any, ...]]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from soniq.errors import ConfigurationError, SoniqError
 from soniq.job import NewJob, Schedule
 from soniq.schedules import next_run, normalize_schedule, zone
-from soniq.task_ref import TaskRef, task_ref
+from soniq.task_ref import TaskRef
 from soniq.utils import to_utc, utc_now
 
 if TYPE_CHECKING:
@@ -315,9 +315,10 @@ class SchedulerRunner:
         """The job of one run; the dedup key makes a run at most one queued job."""
         registry = self.app.registry
         # A task this process does not import (another service's) is enqueued by name.
+        # TaskRef directly, not task_ref(): a stored name is not re-judged by the pattern.
         target: Any = schedule.job_name
         if schedule.job_name not in registry:
-            target = task_ref(schedule.job_name)
+            target = TaskRef(schedule.job_name)
         return self.app.build_job(
             target, args=schedule.args, queue=schedule.queue, priority=schedule.priority,
             dedup_key=f"schedule:{schedule.name}:{due.isoformat()}",

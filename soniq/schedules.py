@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from soniq.errors import ConfigurationError
+from soniq.errors import ConfigurationError, ConfigurationTypeError
 from soniq.utils import to_utc
 
 _WEEKDAYS = MappingProxyType({
@@ -104,6 +104,24 @@ class Every:
             return "0 0 * * *"
         return "0 * * * *" if n == 1 else f"0 */{n} * * *"
 
+    def days(self) -> str:
+        """At midnight every ``n`` days of the month: ``"0 0 */n * *"``.
+
+        Cron's day step restarts on the 1st, so ``every(3).days()`` fires on the 1st,
+        4th, ... 31st and again on the 1st; use ``every=timedelta(days=3)`` for an
+        exact interval. (The published package's builder; kept for its users.)
+
+        Example::
+
+            every(2).days()   # "0 0 */2 * *"
+        """
+        n = _whole(self.n, "days")
+        if n > 31:
+            raise ConfigurationError(
+                f"every({n}).days() exceeds a month; use every=timedelta(days={n}) instead"
+            )
+        return "0 0 * * *" if n == 1 else f"0 0 */{n} * *"
+
 
 def every(n: float) -> Every:
     """Start an interval schedule: ``every(5).minutes()``, ``every(30).seconds()``.
@@ -153,8 +171,9 @@ class Weekly:
 
     days: tuple[int, ...] = (0,)
 
-    def on(self, *days: str) -> Weekly:
-        """Weekday names, full or three-letter, any case: ``on("monday", "fri")``.
+    def on(self, *days: str | int) -> Weekly:
+        """Weekday names, full or three-letter, any case: ``on("monday", "fri")``; or
+        cron numbers, 0 = Sunday ... 6 = Saturday: ``on(1)``.
 
         Example::
 
@@ -235,7 +254,9 @@ def cron(expression: str) -> str:
         cron("@hourly")        # "0 * * * *"
     """
     if not isinstance(expression, str):
-        raise ConfigurationError(f"cron() takes a string, got {type(expression).__name__}")
+        raise ConfigurationTypeError(
+            f'cron() takes a string, got {type(expression).__name__}; e.g. cron("0 9 * * *")'
+        )
     text = " ".join(expression.split())
     text = _MACROS.get(text.lower(), text)
     if len(text.split(" ")) != 5 or not croniter.is_valid(text):
@@ -344,6 +365,10 @@ def _is_repeat(local: datetime) -> bool:
 
 
 def _every_seconds(every: Any) -> float:
+    if isinstance(every, bool) or not isinstance(every, (timedelta, int, float)):
+        raise ConfigurationTypeError(
+            f"every= must be a positive timedelta or number of seconds, got {type(every).__name__}"
+        )
     seconds = every.total_seconds() if isinstance(every, timedelta) else every
     if not _positive(seconds):
         raise ConfigurationError(
@@ -391,8 +416,16 @@ def _uneven(n: int, unit: str, span: str, hint: str) -> ConfigurationError:
     )
 
 
-def _weekday(day: str) -> int:
-    key = day.strip().lower() if isinstance(day, str) else ""
+def _weekday(day: str | int) -> int:
+    if isinstance(day, int) and not isinstance(day, bool):
+        if 0 <= day <= 6:
+            return day
+        raise ConfigurationError(f"Weekday number {day} is out of range; use 0 (Sunday) to 6")
+    if not isinstance(day, str):
+        raise ConfigurationTypeError(
+            f"weekly().on() takes weekday names or numbers 0-6, not {type(day).__name__}"
+        )
+    key = day.strip().lower()
     for name, number in _WEEKDAYS.items():
         if key in (name, name[:3]):
             return number

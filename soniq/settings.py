@@ -10,6 +10,9 @@ instance is built rather than later in a worker.
 from __future__ import annotations
 
 import difflib
+import functools
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,13 +25,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from soniq.errors import ConfigurationError, WorkerError
+from soniq.errors import ConfigurationError, PoolTooSmallError
 from soniq.utils import split_csv
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENQUEUE_VALIDATION_MODES = ("strict", "warn", "none")
 EnqueueValidation = Literal["strict", "warn", "none"]
+DEFAULT_TASK_NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+"""Explicit task names: dotted lowercase words (``billing.send_invoice``), as published."""
 
 
 class SoniqSettings(BaseSettings):
@@ -91,9 +96,19 @@ class SoniqSettings(BaseSettings):
     # (LISTEN and its liveness lock) when database_url points at a transaction-mode
     # pooler such as PgBouncer, which cannot hold either.
     listen_database_url: str | None = None
+    # Compatibility with the published package (COMPAT.md): explicit task names must
+    # match this (full match); routes of jobs registered without a queue; the thread
+    # pool of sync handlers; and entry-point plugin names (SONIQ_PLUGINS) for the CLI
+    # and for Soniq(autoload_plugins=True). Nothing loads plugins unless asked.
+    task_name_pattern: str = DEFAULT_TASK_NAME_PATTERN
+    route_map: dict[str, str] = Field(default_factory=dict)
+    sync_handler_pool_size: int = Field(default=8, ge=1, le=256)
+    sync_handler_grace_seconds: float | None = Field(default=None, ge=0)
+    scheduler_suppress_warning: bool = False
+    plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     _pool_max_size_explicit: bool = PrivateAttr(default=False)
-    _split_queues = field_validator("queues", "jobs_modules", mode="before")(split_csv)
+    _split_queues = field_validator("queues", "jobs_modules", "plugins", mode="before")(split_csv)
 
     def __init__(self, **values: Any) -> None:
         _reject_unknown_keywords(values)
@@ -115,6 +130,24 @@ class SoniqSettings(BaseSettings):
                 f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)} (SONIQ_LOG_LEVEL)"
             )
         return level
+
+    @field_validator("debug", "scheduler_suppress_warning", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: Any) -> Any:
+        # `SONIQ_DEBUG=` (set but empty, as .env templates leave it) means off, not an
+        # error that would stop every command.
+        return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("task_name_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                f"{value!r} is not a regular expression ({exc}); fix SONIQ_TASK_NAME_PATTERN"
+            ) from None
+        return value
 
     @field_validator("enqueue_validation", mode="before")
     @classmethod
@@ -166,14 +199,54 @@ def worker_pool_size(settings: SoniqSettings, concurrency: int) -> int:
     if not settings.pool_max_size_explicit:
         return max(settings.pool_max_size, need)
     if settings.pool_max_size < need:
-        raise WorkerError(
-            f"The connection pool is too small for concurrency {concurrency}: "
-            f"pool_max_size is {settings.pool_max_size}, need at least {need} "
-            f"(concurrency {concurrency} + pool_headroom {settings.pool_headroom}). "
-            f"Raise SONIQ_POOL_MAX_SIZE (pool_max_size) to {need}, unset it to let the "
-            "worker size the pool, or lower the concurrency."
-        )
+        # The published package's opening words: troubleshooting pages quote them.
+        raise PoolTooSmallError(
+            f"Connection pool too small: worker concurrency ({concurrency}) plus reserved "
+            f"headroom ({settings.pool_headroom}) requires {need} connections, but "
+            f"pool_max_size is {settings.pool_max_size}. Raise SONIQ_POOL_MAX_SIZE "
+            f"(pool_max_size) to {need}, unset it to let the worker size the pool, or lower "
+            "the concurrency.",
+            context={
+                "concurrency": concurrency, "pool_headroom": settings.pool_headroom,
+                "required": need, "pool_max_size": settings.pool_max_size,
+            },
+        )  # fmt: skip
     return settings.pool_max_size
+
+
+def get_settings(config_file: Path | str | None = None, reload: bool = False) -> SoniqSettings:
+    """Settings from the environment and ``.env`` (or ``config_file``), built once per process.
+
+    The published package's entry point for code outside a ``Soniq`` instance (test
+    fixtures call ``get_settings(reload=True)`` after changing the environment).
+    ``reload=True`` rebuilds. An invalid value raises ``ConfigurationError`` (a
+    ``ValueError``) whose message starts ``Invalid Soniq configuration:``.
+
+    The cache is private to this function: a ``Soniq`` instance never reads it, so
+    instances stay isolated from each other and from this process-wide view.
+
+    Example::
+
+        settings = get_settings()
+        print(settings.concurrency)
+    """
+    key = str(config_file) if config_file is not None else None
+    if reload:
+        _cached_settings.cache_clear()
+    return _cached_settings(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_settings(env_file: str | None) -> SoniqSettings:
+    try:
+        if env_file is None:
+            return SoniqSettings()
+        return SoniqSettings(_env_file=env_file)
+    except ConfigurationError as exc:
+        problem = exc.message.removeprefix("Invalid Soniq settings: ")
+        raise ConfigurationError(
+            f"Invalid Soniq configuration: {problem}", context=exc.context
+        ) from None
 
 
 def _reject_unknown_keywords(values: dict[str, Any]) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from soniq.core.registry import check_task_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +24,15 @@ class TaskRef:
     default_queue: str | None = None
     default_priority: int | None = None
 
+    def with_default_queue(self, queue: str) -> TaskRef:
+        """A copy routed to ``queue`` by default (this ref is frozen and stays as it is).
+
+        Example::
+
+            urgent_invoice = send_invoice.with_default_queue("billing-urgent")
+        """
+        return dataclasses.replace(self, default_queue=queue)
+
 
 def task_ref(
     name: str,
@@ -28,8 +40,14 @@ def task_ref(
     *,
     default_queue: str | None = None,
     default_priority: int | None = None,
+    pattern: str | None = None,
 ) -> TaskRef:
-    """Build a :class:`TaskRef`; ``args_model`` (pydantic) validates ``args=`` at enqueue."""
-    if not isinstance(name, str) or not name.strip():
-        raise TypeError("task_ref(name, ...) needs a non-empty task name string")
-    return TaskRef(name, args_model, default_queue, default_priority)
+    """Build a :class:`TaskRef`; ``args_model`` (pydantic) validates ``args=`` at enqueue.
+
+    ``name`` must fully match ``pattern`` (default: dotted lowercase words, the
+    ``task_name_pattern`` setting's default), checked here so a typo fails where
+    the ref is written: ``InvalidTaskNameError`` (``SONIQ_INVALID_TASK_NAME``).
+    ``name=`` and ``args_model=`` may be passed by keyword, as the published
+    package requires.
+    """
+    return TaskRef(check_task_name(name, pattern), args_model, default_queue, default_priority)

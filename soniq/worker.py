@@ -34,8 +34,16 @@ from typing import Any
 
 from soniq.backends import Listener, StorageBackend
 from soniq.backends.checked import checked
+from soniq.core.middleware import Middleware, run_chain
 from soniq.core.registry import JobDefinition, JobRegistry
-from soniq.errors import JobCancelledError, JobTimeoutError, SnoozeLimitError, WorkerError
+from soniq.core.retry import ExponentialBackoff, RetryPolicy
+from soniq.errors import (
+    JobCancelledError,
+    JobTimeoutError,
+    SnoozeLimitError,
+    WorkerError,
+    describe_error,
+)
 from soniq.events import META_KEY, EventBus, Record, job_meta
 from soniq.flow import CANCEL_NOTICE, FlowLimits, JobControl
 from soniq.hooks import HookSet
@@ -108,12 +116,19 @@ class Worker:
         settings: SoniqSettings | None = None,
         hooks: dict[str, list[Callable[..., Any]]] | HookSet | None = None,
         events: EventBus | None = None,
+        middleware: Sequence[Middleware] = (),
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.backend = checked(backend)  # a raw backend gets the input rules too
         self.registry = registry
         self.settings = settings if settings is not None else SoniqSettings()
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet.from_dict(hooks)
         self.events = events if events is not None else EventBus()  # features' one seam
+        # app.middleware wraps each handler call; the retry policy decides each retry
+        # (soniq/core/). Sync handlers share sync_handler_pool_size threads.
+        self.middleware = list(middleware)
+        self.retry_policy: RetryPolicy = retry_policy or ExponentialBackoff()
+        self._sync_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self.worker_id = str(uuid.uuid4())
         self._timeout_default = self.settings.effective_job_timeout
         self._control = JobControl(self.backend)  # ctx.progress / ctx.checkpoint
@@ -324,7 +339,7 @@ class Worker:
         task = asyncio.current_task()
         deadline = _Deadline(timeout, task) if timeout and task is not None else None
         try:
-            result = await self._invoke(definition, kwargs)
+            result = await self._run_handler(definition, kwargs, ctx)
         except asyncio.CancelledError:
             if (deadline is None or not deadline.fired) and job.id in self._cancel_requested:
                 if sys.version_info >= (3, 11) and task is not None:
@@ -357,7 +372,32 @@ class Worker:
         if definition.is_async:
             coro: Awaitable[Any] = definition.func(**kwargs)
             return coro
-        return _in_daemon_thread(functools.partial(definition.func, **kwargs))
+        return self._run_sync(functools.partial(definition.func, **kwargs))
+
+    def _run_handler(
+        self, definition: JobDefinition, kwargs: dict[str, Any], ctx: JobContext
+    ) -> Awaitable[Any]:
+        """The handler, through the app's middleware chain when there is one."""
+        if not self.middleware:
+            return self._invoke(definition, kwargs)
+        return run_chain(self.middleware, ctx, lambda _ctx: self._invoke(definition, kwargs))
+
+    async def _run_sync(self, call: Callable[[], Any]) -> Any:
+        """A sync handler on one of ``sync_handler_pool_size`` threads; the claimed job
+        waits (in ``processing``) for a free one. A slot is freed when its thread ends,
+        not when the attempt is abandoned (timeout, shutdown): a runaway handler keeps
+        holding it, so the bound is real."""
+        loop = asyncio.get_running_loop()
+        if self._sync_slots is None or self._sync_slots[0] is not loop:
+            self._sync_slots = (loop, asyncio.Semaphore(self.settings.sync_handler_pool_size))
+        slots = self._sync_slots[1]
+        await slots.acquire()
+
+        def release() -> None:  # in the handler's thread, when it ends
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the semaphore
+                loop.call_soon_threadsafe(slots.release)
+
+        return await _in_daemon_thread(call, on_exit=release)
 
     def _snoozed(
         self, job: ClaimedJob, definition: JobDefinition, snooze: Snooze
@@ -384,13 +424,28 @@ class Worker:
     ) -> Outcome:
         if job.attempt >= job.max_attempts:
             return Fail(error, tb)
-        delay = 0.0
-        if definition is not None:
-            delay = retry_delay_seconds(
+        delay = 0.0 if definition is None else self._retry_delay(job, definition, error, tb)
+        if delay is None:  # the retry policy gave up on this job
+            return Fail(error, tb)
+        return Retry(datetime.now(timezone.utc) + timedelta(seconds=delay), error)
+
+    def _retry_delay(
+        self, job: ClaimedJob, definition: JobDefinition, error: str, tb: str | None
+    ) -> float | None:
+        """The retry policy's delay (None: dead-letter now); a raising policy is logged and
+        the job's own delays apply, so a broken policy never loses a job."""
+        try:
+            return self.retry_policy.delay_for(
+                attempt=job.attempt, job_meta=definition.as_dict(), exc=RuntimeError(tb or error)
+            )
+        except Exception as exc:  # noqa: BLE001 - user code
+            log.warning(
+                "Retry policy %r failed (%r); using the job's retry_delay", self.retry_policy, exc
+            )
+            return retry_delay_seconds(
                 job.attempt, definition.retry_delay, definition.retry_backoff,
                 definition.retry_max_delay,
             )  # fmt: skip
-        return Retry(datetime.now(timezone.utc) + timedelta(seconds=delay), error)
 
     # --- acks --------------------------------------------------------------
     async def _ack_loop(self) -> None:
@@ -553,6 +608,8 @@ class Worker:
 
     async def _warn_if_no_scheduler(self) -> None:
         """Periodic jobs fire only while a `soniq scheduler` leads: say so once if none does."""
+        if self.settings.scheduler_suppress_warning:  # SONIQ_SCHEDULER_SUPPRESS_WARNING
+            return
         if not any(d.periodic for d in self.registry.definitions()):
             return
         probe = f"probe-{self.worker_id}"
@@ -568,6 +625,7 @@ class Worker:
         self._stopping = True
         if self._running and not self._force:
             await asyncio.wait(list(self._running), timeout=self._grace())
+            await self._sync_grace()
         for task in list(self._running):
             task.cancel()
         if self._running:
@@ -582,6 +640,14 @@ class Worker:
         if listener is not None:
             await self._quietly(listener.close(), 5.0)
         log.info("Worker %s stopped after %d jobs", self.worker_id, self._processed)
+
+    async def _sync_grace(self) -> None:
+        """``sync_handler_grace_seconds`` more for sync handlers still running: a thread
+        cannot be interrupted, so cancelling its job only abandons it mid-work."""
+        extra = self.settings.sync_handler_grace_seconds
+        sync = [t for t, j in self._running.items() if not _is_async(self.registry, j.job_name)]
+        if extra and sync and not self._force and self._grace():
+            await asyncio.wait(sync, timeout=extra)
 
     def _grace(self) -> float:
         """No grace when our own task was cancelled (embedding code wants us gone now)."""
@@ -650,12 +716,14 @@ def _dispatch_signal(loop: asyncio.AbstractEventLoop, signum: int) -> None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
-    """Run a sync handler on its own daemon thread.
+def _in_daemon_thread(
+    call: Callable[[], Any], on_exit: Callable[[], Any] | None = None
+) -> asyncio.Future[Any]:
+    """Run a sync handler on its own daemon thread; ``on_exit`` runs when it ends.
 
     Not a ThreadPoolExecutor: Python joins pool threads at exit, so a sync job
     that outlives the shutdown grace period would keep the process alive. The
-    worker's slots already bound how many run at once.
+    worker's ``sync_handler_pool_size`` slots bound how many run at once.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
@@ -675,6 +743,8 @@ def _in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
             result, error = context.run(call), None
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             result, error = None, exc
+        if on_exit is not None:
+            on_exit()
         with contextlib.suppress(RuntimeError):  # loop closed while the job ran: nobody waits
             loop.call_soon_threadsafe(settle, result, error)
 
@@ -682,8 +752,13 @@ def _in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
+def _is_async(registry: JobRegistry, name: str) -> bool:
+    definition = registry.get(name)
+    return definition is None or definition.is_async
+
+
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return describe_error(exc)  # a SoniqError's message, not its framed str()
 
 
 def _stopped_error(job_id: str) -> str:

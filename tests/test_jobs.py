@@ -87,8 +87,11 @@ def test_retries_and_alias(mem: Soniq) -> None:
     assert meta(mem, "a")["max_attempts"] == 6
     assert meta(mem, "b")["max_retries"] == 2
     assert meta(mem, "c")["max_retries"] == 0
-    with pytest.raises(JobRegistrationError, match="alias"):
-        mem.job(name="d", retries=1, max_retries=2)
+    # Both given: max_retries wins, as in the published package (COMPAT.md §4).
+    @mem.job(name="d", retries=1, max_retries=2)
+    async def d() -> None: ...
+
+    assert meta(mem, "d")["max_retries"] == 2
     with pytest.raises(JobRegistrationError, match="retries"):
         mem.job(name="e", retries=-1)(a)
 

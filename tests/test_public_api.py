@@ -79,9 +79,14 @@ def test_schedules_dsl_examples() -> None:
 
 def test_soniq_constructor_signature() -> None:
     params = _params(Soniq.__init__)
-    assert list(params) == ["self", "database_url", "backend", "settings_overrides"]
+    # The published package's named extras (COMPAT.md §3) sit before **settings_overrides.
+    assert list(params) == [
+        "self", "database_url", "backend", "retry_policy", "metrics_sink", "plugins",
+        "autoload_plugins", "settings_overrides",
+    ]  # fmt: skip
     assert params["database_url"].default is None
     assert params["backend"].default is None
+    assert params["plugins"].default is None and params["autoload_plugins"].default is False
     assert params["settings_overrides"].kind is VAR_KW
 
 
@@ -123,7 +128,8 @@ def test_worker_signatures() -> None:
     assert list(once) == ["self", "queues", "max_jobs"]
     assert once["queues"].default is None and once["max_jobs"].default is None
     ctor = _params(Worker.__init__)
-    assert list(ctor) == ["self", "backend", "registry", "settings", "hooks"]
+    assert list(ctor)[:5] == ["self", "backend", "registry", "settings", "hooks"]
+    assert all(p.default is not EMPTY for p in list(ctor.values())[5:])  # extras are optional
     assert ctor["backend"].default is EMPTY and ctor["registry"].default is EMPTY
     assert ctor["settings"].default is None and ctor["hooks"].default is None
 

@@ -20,7 +20,10 @@ UTC = timezone.utc
     ("attempt", "delay", "backoff", "cap", "expected"),
     [
         (1, 0, False, None, 0.0),
-        (3, 0, True, None, 0.0),
+        # backoff from nothing starts at 1 s (published tutorial: 1, 2, 4, 8 ...)
+        (3, 0, True, None, 4.0),
+        (1, 0, True, None, 1.0),
+        (3, 0, False, None, 0.0),
         (1, 7, False, None, 7.0),
         (5, 7, False, None, 7.0),
         (1, 2.5, False, None, 2.5),

@@ -304,10 +304,12 @@ def test_worker_pool_size_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert worker_pool_size(explicit, 28) == 30  # exactly enough is fine
     with pytest.raises(WorkerError) as info:
         worker_pool_size(explicit, 29)
-    message = str(info.value)
-    assert "concurrency 29" in message and "pool_max_size is 30" in message
-    assert "need at least 31" in message
+    message = info.value.message
+    # The published package's opening words, which its troubleshooting page quotes.
+    assert message.startswith("Connection pool too small: worker concurrency (29) plus reserved")
+    assert "requires 31" in message and "pool_max_size is 30" in message
     assert message.endswith("or lower the concurrency.")
+    assert info.value.error_code == "SONIQ_POOL_TOO_SMALL"
 
     # Set through the environment or .env counts as set.
     monkeypatch.setenv("SONIQ_POOL_MAX_SIZE", "10")

@@ -88,8 +88,12 @@ class StorageBackend(Protocol):
         opened already keeps its size); the embedded backends need nothing.
         """
 
-    async def migrate(self) -> MigrationReport:
-        """Create the database if missing and apply pending migrations, safely concurrent."""
+    async def migrate(self, extra: Sequence[tuple[str, str]] = ()) -> MigrationReport:
+        """Create the database if missing and apply pending migrations, safely concurrent.
+
+        ``extra``: more ``(name, sql)`` migrations (plugins', soniq/migrations.py),
+        applied after ours by the same code, under the same lock and bookkeeping.
+        """
 
     async def migration_status(self) -> list[MigrationInfo]: ...
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from soniq.backends import MigrationInfo, MigrationReport
-from soniq.errors import DatabaseUnavailableError, MigrationError
+from soniq.errors import DatabaseUnavailableError, MigrationError, setup_command
 from soniq.sql import migration_files as packaged_migrations
 from soniq.sql import postgres_queries as q
 from soniq.utils import describe_target, mask_url

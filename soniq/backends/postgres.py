@@ -134,10 +134,7 @@ class PostgresBackend:
             present = await conn.fetchval(q.SCHEMA_PRESENT)
         if not present:
             await pool.close()
-            raise SchemaMissingError(
-                f"Soniq's tables are missing in {describe_target(self.database_url)}. "
-                "Run `soniq setup` (or `await app.setup()`) once to create them."
-            )
+            raise SchemaMissingError.for_database(self.database_url)
         self._pool, self._pool_loop = pool, asyncio.get_running_loop()
         self._liveness = Liveness(pool, direct_url, self.settings)
 

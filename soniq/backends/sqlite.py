@@ -180,8 +180,8 @@ class SQLiteBackend:
     def reserve_capacity(self, concurrency: int) -> None:
         """One connection serves any concurrency: nothing to size."""
 
-    async def migrate(self) -> MigrationReport:
-        report = await self._apply_migrations(await self._connection())
+    async def migrate(self, extra: Sequence[tuple[str, str]] = ()) -> MigrationReport:
+        report = await self._apply_migrations(await self._connection(), extra)
         self._migrated = True
         return report
 
@@ -242,7 +242,9 @@ class SQLiteBackend:
             "SONIQ_DATABASE_URL at another path."
         )
 
-    async def _apply_migrations(self, conn: aiosqlite.Connection) -> MigrationReport:
+    async def _apply_migrations(
+        self, conn: aiosqlite.Connection, extra: Sequence[tuple[str, str]] = ()
+    ) -> MigrationReport:
         """Apply pending files, each in its own write transaction with its record.
 
         The applied set is re-read inside each transaction, so processes that
@@ -250,7 +252,7 @@ class SQLiteBackend:
         """
         applied: list[str] = []
         already: list[str] = []
-        for name, sql in migration_files():
+        for name, sql in [*migration_files(), *extra]:
             async with self._transaction(conn):
                 await conn.execute(q.MIGRATIONS_TABLE)
                 done = {r["name"] for r in await conn.execute_fetchall(q.MIGRATIONS_APPLIED)}
@@ -269,9 +271,9 @@ class SQLiteBackend:
             await conn.execute(q.MIGRATION_RECORD, {"name": name, "now": _us(utc_now())})
         except sqlite3.Error as exc:
             raise MigrationError(
-                f"SQLite migration {name} failed and was rolled back: {exc}. Nothing of "
-                f"{name} was applied; check the file is a Soniq database (or use a new path) "
-                "and try again."
+                name,
+                f"{exc}. It was rolled back and nothing of {name} was applied; check the file "
+                "is a Soniq database (or use a new path) and try again",
             ) from None
 
     # --- transactions ------------------------------------------------------

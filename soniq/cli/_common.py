@@ -99,7 +99,8 @@ def cli_errors(io: Io) -> Iterator[None]:
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
     except SoniqError as exc:
-        fail(io, str(exc))
+        # The message and its suggestions: the framed str() (code, context) is for logs.
+        fail(io, exc.describe())
     except KeyboardInterrupt:
         fail(io, "interrupted", code=130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence of a command
