@@ -19,7 +19,7 @@ from soniq.core.registry import (
     handler_signature,
 )
 from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority, dependency_ids
-from soniq.errors import JobRegistrationError, SchemaMissingError
+from soniq.errors import JobRegistrationError
 from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
 from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
 from soniq.hooks import HOOK_EVENTS, adapt_hook
