@@ -27,7 +27,8 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(
         f"Cannot connect to PostgreSQL ({describe_target(url)}): {exc}. "
         "Check that the server is running and reachable, and that SONIQ_DATABASE_URL "
-        f"(now {mask_url(url)}) is right; run `soniq setup` to create the database."
+        f"(now {mask_url(url)}) is right. If the server runs but the database does not exist "
+        f"yet, create it with {setup_command(url)}."
     )
 
 
