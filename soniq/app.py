@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from soniq.backends import MigrationReport, StorageBackend, make_backend
+from soniq.backends import StorageBackend, make_backend
+from soniq.core.middleware import Middleware
 from soniq.core.registry import (
+    DEFAULT_QUEUE,
     JobDefinition,
     JobRegistry,
-    argument_names,
     default_task_name,
-    find_context_param,
-    handler_signature,
+    define_job,
+    route_queue,
+    tag_function,
 )
-from soniq.enqueue import EnqueueOptions, build_job, build_jobs, check_priority, dependency_ids
+from soniq.core.retry import RetryPolicy
+from soniq.enqueue import EnqueueOptions, build_job, build_jobs, dependency_ids
 from soniq.errors import JobRegistrationError
 from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
 from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
 from soniq.hooks import HOOK_EVENTS, adapt_hook
-from soniq.job import JobContext, JobStatus, NewJob
+from soniq.job import JobStatus, NewJob
+from soniq.migrations import MigrationSources, SetupReport
+from soniq.observability import MetricsSink, SinkSubscriber
+from soniq.plugin import CliExtensions, DashboardExtensions, PluginRegistry, install_plugins
 from soniq.settings import SoniqSettings
 from soniq.sync import SyncRunner
+from soniq.types import QueueStatsList
 from soniq.utils import mask_url
 
 if TYPE_CHECKING:
@@ -57,6 +63,10 @@ class Soniq:
         self,
         database_url: str | None = None,
         backend: StorageBackend | str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        metrics_sink: MetricsSink | None = None,
+        plugins: Iterable[Any] | None = None,
+        autoload_plugins: bool = False,
         **settings_overrides: Any,
     ) -> None:
         if database_url is not None:
@@ -64,7 +74,7 @@ class Soniq:
         self.settings = SoniqSettings(**settings_overrides)
         self.database_url = self.settings.resolved_database_url()
         self.backend: StorageBackend = make_backend(self.database_url, backend, self.settings)
-        self._registry = JobRegistry()
+        self._registry = JobRegistry(self.settings.task_name_pattern)
         self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in HOOK_EVENTS}
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,6 +86,18 @@ class Soniq:
         # The one seam webhooks, logs, metrics, tracing and signing plug into.
         self.events = EventBus()
         self._features: dict[str, Any] = install_default_subscribers(self)
+        # The published package's surface (COMPAT.md): policy, sink, middleware, plugins.
+        self._retry_policy = retry_policy
+        self._metrics_sink: MetricsSink | None = None
+        self._middleware: list[Middleware] = []
+        self._closed = False
+        self._plugins = PluginRegistry()
+        self.cli = CliExtensions()
+        self.dashboard = DashboardExtensions()
+        self.migrations = MigrationSources()
+        if metrics_sink is not None:
+            self.metrics_sink = metrics_sink
+        install_plugins(self, plugins, autoload_plugins)
 
     # --- lifecycle ---------------------------------------------------------
     async def ensure_initialized(self) -> None:
@@ -92,17 +114,29 @@ class Soniq:
                 await self.backend.open()
                 self._initialized = True
 
-    async def setup(self) -> MigrationReport:
-        """Create the database if needed and apply pending migrations (what `soniq setup` does)."""
-        return await self.backend.migrate()
+    async def setup(self) -> SetupReport:
+        """Create the database if needed, apply pending migrations (ours, then plugins'),
+        initialise, and run plugins' ``on_startup``; what `soniq setup` does.
+
+        Returns the number of migrations applied now, an ``int`` that also carries
+        ``applied``, ``already_applied`` and ``database_created``.
+        """
+        report = await self.backend.migrate(self.migrations.files(self.backend.name))
+        await self.ensure_initialized()
+        await self._plugins.startup(self)
+        return SetupReport(report)
 
     async def close(self) -> None:
-        """Release the pool. Safe to call twice."""
+        """Release the pool (plugins' ``on_shutdown`` first). Safe to call twice."""
+        await self._plugins.shutdown(self)
+        self._closed = True
         await self._sync.aclose()  # first: a pool held by the sync producers' loop closes there
         self._initialized = False
         await self.backend.close()
 
     async def __aenter__(self) -> Soniq:
+        """Initialise now, so ``is_initialized`` is true (and a bad URL fails) at entry."""
+        await self.ensure_initialized()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -116,7 +150,7 @@ class Soniq:
         retries: int | None = None,
         max_retries: int | None = None,
         priority: int | None = None,
-        queue: str = "default",
+        queue: str = DEFAULT_QUEUE,
         unique: bool = False,
         retry_delay: float | list[float] = 0,
         retry_backoff: bool = False,
@@ -124,13 +158,20 @@ class Soniq:
         timeout: float | None = None,
         validate: type[Any] | None = None,
         args_model: type[Any] | None = None,
+        retry_jitter: bool = False,
         encrypt: bool = False,
         rate_limit: str | None = None,
         concurrency_key: Callable[[dict[str, Any]], Any] | None = None,
         max_concurrency_per_key: int | None = None,
         max_snoozes: int = DEFAULT_MAX_SNOOZES,
+        **custom: Any,
     ) -> Callable[[F], F]:
         """Register a function as a job. Always called with parentheses: ``@app.job()``.
+
+        ``max_retries=`` wins over ``retries=``. Any other keyword is kept in the job's
+        config (``registry.get_job(name)[key]``), where a custom ``retry_policy`` reads it;
+        a keyword that looks like a misspelled option is refused. ``queue`` defaults to
+        the ``route_map`` entry of the longest matching name prefix, else ``"default"``.
 
         ``encrypt=True`` stores the job's arguments encrypted at rest (``app.signing``).
         ``rate_limit="10/s"`` allows at most 10 starts of this task in any sliding second,
@@ -139,10 +180,11 @@ class Soniq:
         ``raise Snooze(...)`` up to ``max_snoozes`` times.
         """
         options = dict(
-            name=name, retries=_one_of("retries", retries, "max_retries", max_retries),
+            name=name, retries=retries if max_retries is None else max_retries,
             priority=priority, queue=queue, unique=unique, retry_delay=retry_delay,
             retry_backoff=retry_backoff, retry_max_delay=retry_max_delay, timeout=timeout,
             model=_one_of("validate", validate, "args_model", args_model),
+            retry_jitter=retry_jitter, custom=custom,
         )  # fmt: skip
         flow = job_flow_options(
             rate_limit=rate_limit, concurrency_key=concurrency_key,
@@ -152,6 +194,7 @@ class Soniq:
         def decorator(func: F) -> F:
             definition = dataclasses.replace(self._define(func, **options), **flow)
             self._registry.register(definition)
+            tag_function(func, definition)
             if encrypt:
                 from soniq.signing import encrypt_task
 
@@ -180,6 +223,8 @@ class Soniq:
 
         cron_expr, every_seconds = normalize_schedule(cron=cron, every=every)
         zone(timezone)  # an unknown zone fails here, at definition time
+        if args is None:  # the published spelling
+            args = job_kwargs.pop("schedule_args", None)
         register = self.job(**job_kwargs)
 
         def decorator(func: F) -> F:
@@ -197,34 +242,24 @@ class Soniq:
 
     def _define(
         self, func: Callable[..., Any], *, name: str | None, retries: int | None,
-        priority: int | None, queue: str, unique: bool, retry_delay: float | list[float],
-        retry_backoff: bool, retry_max_delay: float | None, timeout: float | None,
-        model: type[Any] | None,
+        priority: int | None, queue: str, unique: bool,
+        retry_delay: float | list[float], retry_backoff: bool, retry_max_delay: float | None,
+        timeout: float | None, model: type[Any] | None, retry_jitter: bool = False,
+        custom: dict[str, Any] | None = None,
     ) -> JobDefinition:  # fmt: skip
-        if not callable(func):
-            raise JobRegistrationError(f"@app.job() decorates functions, not {func!r}")
-        _check_job_options(retries, priority, queue, retry_delay, retry_max_delay, timeout)
-        context_param = find_context_param(func, JobContext)
-        signature = handler_signature(func, context_param)
-        return JobDefinition(
-            name=name or default_task_name(func),
-            func=func,
-            is_async=inspect.iscoroutinefunction(func),
-            max_retries=self.settings.max_retries if retries is None else retries,
-            priority=self.settings.priority if priority is None else priority,
-            queue=queue,
-            unique=unique,
-            retry_delay=(
-                list(retry_delay) if isinstance(retry_delay, (list, tuple)) else retry_delay
-            ),
-            retry_backoff=retry_backoff,
-            retry_max_delay=retry_max_delay,
-            timeout=timeout,
-            args_model=model,
-            context_param=context_param,
-            signature=signature,
-            arg_names=argument_names(signature),
-        )
+        """``define_job`` (soniq/core/registry.py) with this instance's defaults filled in."""
+        settings = self.settings
+        if queue is DEFAULT_QUEUE and settings.route_map:  # no queue= given: route it
+            derived = name if name is not None else default_task_name(func)
+            queue = route_queue(derived, settings.route_map)
+        return define_job(
+            func, name=name, queue=queue, unique=unique, retry_delay=retry_delay,
+            max_retries=settings.max_retries if retries is None else retries,
+            priority=settings.priority if priority is None else priority,
+            retry_backoff=retry_backoff, retry_max_delay=retry_max_delay, timeout=timeout,
+            args_model=model, retry_jitter=retry_jitter, custom=custom,
+            pattern=settings.task_name_pattern,
+        )  # fmt: skip
 
     @property
     def registry(self) -> JobRegistry:
@@ -309,7 +344,7 @@ class Soniq:
     async def enqueue_many(
         self,
         target: Any,
-        items: Iterable[Mapping[str, Any]],
+        args_list: Iterable[Mapping[str, Any]],
         *,
         priority: int | None = None,
         queue: str | None = None,
@@ -317,10 +352,14 @@ class Soniq:
         unique: bool | None = None,
         connection: Any = None,
     ) -> list[str]:
-        """Enqueue one job per argument dict in one round trip; same validation and dedup."""
+        """Enqueue one job per argument dict in one round trip; same validation and dedup.
+
+        Returns the ids in input order. Every row is validated before anything is
+        written; a refused row raises with its ``index`` in ``err.context``.
+        """
         options = EnqueueOptions(priority, queue, scheduled_at, unique, None)
         warned = self._warned_unknown
-        jobs = build_jobs(self._registry, self.settings, target, items, options, warned)
+        jobs = build_jobs(self._registry, self.settings, target, args_list, options, warned)
         return await self._insert(jobs, connection) if jobs else []
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
@@ -465,10 +504,14 @@ class Soniq:
         )
         return [j.to_dict() for j in jobs]
 
-    async def get_queue_stats(self) -> list[dict[str, Any]]:
-        """One dict per queue (queue, total, queued, processing, done, dead_letter, cancelled)."""
+    async def get_queue_stats(self) -> QueueStatsList:
+        """One dict per queue (queue, total, queued, processing, done, dead_letter, cancelled).
+
+        The list also answers ``stats["queued"]`` (summed over queues), the shape
+        code written for the published package reads (soniq/types.py).
+        """
         await self.ensure_initialized()
-        return [s.to_dict() for s in await self.backend.queue_stats()]
+        return QueueStatsList(s.to_dict() for s in await self.backend.queue_stats())
 
     # --- workers -----------------------------------------------------------
     def _make_worker(self) -> Any:
@@ -476,7 +519,8 @@ class Soniq:
 
         return Worker(
             backend=self.backend, registry=self._registry, settings=self.settings,
-            hooks=self.hooks, events=self.events,
+            hooks=self.hooks, events=self.events, middleware=self._middleware,
+            retry_policy=self._retry_policy,
         )  # fmt: skip
 
     async def run_worker(
@@ -540,6 +584,82 @@ class Soniq:
 
         return feature(self, "metrics", lambda: self.events.subscribe(JobMetrics())).registry
 
+    # --- the published package's surface (thin; the logic lives in its modules) -----
+    @property
+    def is_initialized(self) -> bool:
+        """True once the backend is open (first use, ``ensure_initialized``, ``async with``)."""
+        return self._initialized
+
+    @property
+    def is_closed(self) -> bool:
+        """True after ``close()`` (until the next use reopens the instance)."""
+        return self._closed
+
+    @property
+    def _job_registry(self) -> JobRegistry:
+        """The published package's private name for :attr:`registry` (its tests use it)."""
+        return self._registry
+
+    @property
+    def _backend(self) -> StorageBackend:
+        """The published package's private name for :attr:`backend`."""
+        return self.backend
+
+    @property
+    def retry_policy(self) -> RetryPolicy | None:
+        """When failed jobs run again (soniq/core/retry.py); ``None``: each job's options."""
+        return self._retry_policy
+
+    @retry_policy.setter
+    def retry_policy(self, policy: RetryPolicy | None) -> None:
+        self._check_not_frozen("retry_policy")
+        self._retry_policy = policy
+
+    @property
+    def metrics_sink(self) -> MetricsSink | None:
+        """Where workers report job starts and ends (soniq/observability.py)."""
+        return self._metrics_sink
+
+    @metrics_sink.setter
+    def metrics_sink(self, sink: MetricsSink | None) -> None:
+        self._check_not_frozen("metrics_sink")
+        old = self.events.find(SinkSubscriber)
+        if old is not None:
+            self.events.unsubscribe(old)
+        self._metrics_sink = sink
+        if sink is not None:
+            self.events.subscribe(SinkSubscriber(sink))
+
+    def _check_not_frozen(self, name: str) -> None:
+        if self._initialized:
+            from soniq.errors import AppFrozenError
+
+            raise AppFrozenError(
+                f"{name} cannot change after the instance is initialised; pass it to "
+                f"Soniq({name}=...) or set it before the first enqueue or worker.",
+                context={"setting": name},
+            )
+
+    def middleware(self, func: Middleware) -> Middleware:
+        """Wrap every handler call: ``async def mw(ctx, call_next): return await call_next(ctx)``.
+
+        The first registered is the outermost (soniq/core/middleware.py).
+        """
+        if not callable(func):
+            raise JobRegistrationError(f"middleware must be callable, got {func!r}")
+        self._middleware.append(func)
+        return func
+
+    @property
+    def plugins(self) -> PluginRegistry:
+        """The installed plugins, in install order (soniq/plugin.py)."""
+        return self._plugins
+
+    def use(self, plugin: Any) -> Any:
+        """Install ``plugin`` (its ``install(app)`` runs now); returns it."""
+        self._plugins.install(self, plugin)
+        return plugin
+
     def __repr__(self) -> str:
         return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"
 
@@ -548,26 +668,3 @@ def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:
     if a is not None and b is not None and a != b:
         raise JobRegistrationError(f"{a_name}= and {b_name}= are aliases; pass only one")
     return a if a is not None else b
-
-
-def _check_job_options(
-    retries: int | None, priority: int | None, queue: str, retry_delay: Any,
-    retry_max_delay: float | None, timeout: float | None,
-) -> None:  # fmt: skip
-    if retries is not None and (not isinstance(retries, int) or retries < 0):
-        raise JobRegistrationError(f"retries must be an int >= 0, got {retries!r}")
-    if priority is not None:
-        try:
-            check_priority(priority)
-        except ValueError as exc:
-            raise JobRegistrationError(str(exc)) from None
-    if not isinstance(queue, str) or not queue:
-        raise JobRegistrationError(f"queue must be a non-empty string, got {queue!r}")
-    delays = retry_delay if isinstance(retry_delay, (list, tuple)) else [retry_delay]
-    if not all(isinstance(d, (int, float)) and d >= 0 for d in delays):
-        raise JobRegistrationError(
-            f"retry_delay must be seconds >= 0 or a list of them, got {retry_delay!r}"
-        )
-    for label, value in (("retry_max_delay", retry_max_delay), ("timeout", timeout)):
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
-            raise JobRegistrationError(f"{label} must be seconds >= 0, got {value!r}")

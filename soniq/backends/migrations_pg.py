@@ -7,12 +7,14 @@ leaves nothing of itself behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from soniq.backends import MigrationInfo, MigrationReport
+from soniq.backends.adopt_pg import adoption
 from soniq.errors import DatabaseUnavailableError, MigrationError, setup_command
 from soniq.sql import migration_files as packaged_migrations
 from soniq.sql import postgres_queries as q
@@ -64,20 +66,26 @@ async def ensure_database(url: str) -> bool:
     return True
 
 
-async def apply_migrations(url: str) -> MigrationReport:
+async def apply_migrations(url: str, extra: Sequence[tuple[str, str]] = ()) -> MigrationReport:
+    """Apply our pending migrations, then ``extra`` ones (plugins'), each once.
+
+    A database the published soniq package created is adopted first, in the same
+    transaction as the migrations (soniq/backends/adopt_pg.py).
+    """
     created = await ensure_database(url)
     conn = await _connect(url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", q.MIGRATION_LOCK_KEY)
         try:
-            await conn.execute(q.MIGRATIONS_TABLE)
-            done = {r["name"] for r in await conn.fetch(q.MIGRATIONS_APPLIED)}
-            applied: list[str] = []
-            for name, sql in migration_files():
-                if name in done:
-                    continue
-                await _apply_one(conn, name, sql)
-                applied.append(name)
+            async with adoption(conn) as adopted:
+                await conn.execute(q.MIGRATIONS_TABLE)
+                done = {r["name"] for r in await conn.fetch(q.MIGRATIONS_APPLIED)}
+                applied: list[str] = [q.ADOPT_STEP] if adopted.active else []
+                for name, sql in [*migration_files(), *extra]:
+                    if name in done:
+                        continue
+                    await _apply_one(conn, name, sql)
+                    applied.append(name)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", q.MIGRATION_LOCK_KEY)
     finally:
@@ -92,9 +100,9 @@ async def _apply_one(conn: Any, name: str, sql: str) -> None:
             await conn.execute(q.MIGRATION_RECORD, name)
     except asyncpg.PostgresError as exc:
         raise MigrationError(
-            f"Migration {name} failed and was rolled back: {exc}. Nothing of {name} was "
-            "applied; fix the cause (permissions, a conflicting object) and run `soniq setup` "
-            "again."
+            name,
+            f"{exc}. It was rolled back and nothing of {name} was applied; fix the cause "
+            "(permissions, a conflicting object) and run `soniq setup` again",
         ) from None
 
 

@@ -200,8 +200,8 @@ class PostgresBackend:
             finally:
                 await _full_reset(conn)
 
-    async def migrate(self) -> MigrationReport:
-        return await apply_migrations(self.database_url)
+    async def migrate(self, extra: Sequence[tuple[str, str]] = ()) -> MigrationReport:
+        return await apply_migrations(self.database_url, extra)
 
     async def migration_status(self) -> list[MigrationInfo]:
         return await migration_status(self.database_url)
