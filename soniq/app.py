@@ -112,7 +112,7 @@ class Soniq:
         async with self._init_lock:
             if not self._initialized:
                 await self.backend.open()
-                self._initialized = True
+                self._initialized, self._closed = True, False
 
     async def setup(self) -> SetupReport:
         """Create the database if needed, apply pending migrations (ours, then plugins'),

@@ -35,9 +35,7 @@ from typing import Any
 from soniq.backends import Listener, StorageBackend
 from soniq.backends.checked import checked
 from soniq.core.middleware import Middleware, run_chain
-from soniq.core.middleware import Middleware, run_chain
 from soniq.core.registry import JobDefinition, JobRegistry
-from soniq.core.retry import ExponentialBackoff, RetryPolicy
 from soniq.core.retry import ExponentialBackoff, RetryPolicy
 from soniq.errors import (
     JobCancelledError,
@@ -126,11 +124,6 @@ class Worker:
         self.settings = settings if settings is not None else SoniqSettings()
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet.from_dict(hooks)
         self.events = events if events is not None else EventBus()  # features' one seam
-        # app.middleware wraps each handler call; the retry policy decides each retry
-        # (soniq/core/). Sync handlers share sync_handler_pool_size threads.
-        self.middleware = list(middleware)
-        self.retry_policy: RetryPolicy = retry_policy or ExponentialBackoff()
-        self._sync_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         # app.middleware wraps each handler call; the retry policy decides each retry
         # (soniq/core/). Sync handlers share sync_handler_pool_size threads.
         self.middleware = list(middleware)
@@ -617,8 +610,6 @@ class Worker:
         """Periodic jobs fire only while a `soniq scheduler` leads: say so once if none does."""
         if self.settings.scheduler_suppress_warning:  # SONIQ_SCHEDULER_SUPPRESS_WARNING
             return
-        if self.settings.scheduler_suppress_warning:  # SONIQ_SCHEDULER_SUPPRESS_WARNING
-            return
         if not any(d.periodic for d in self.registry.definitions()):
             return
         probe = f"probe-{self.worker_id}"
@@ -649,14 +640,6 @@ class Worker:
         if listener is not None:
             await self._quietly(listener.close(), 5.0)
         log.info("Worker %s stopped after %d jobs", self.worker_id, self._processed)
-
-    async def _sync_grace(self) -> None:
-        """``sync_handler_grace_seconds`` more for sync handlers still running: a thread
-        cannot be interrupted, so cancelling its job only abandons it mid-work."""
-        extra = self.settings.sync_handler_grace_seconds
-        sync = [t for t, j in self._running.items() if not _is_async(self.registry, j.job_name)]
-        if extra and sync and not self._force and self._grace():
-            await asyncio.wait(sync, timeout=extra)
 
     async def _sync_grace(self) -> None:
         """``sync_handler_grace_seconds`` more for sync handlers still running: a thread
@@ -762,18 +745,11 @@ def _in_daemon_thread(
             result, error = None, exc
         if on_exit is not None:
             on_exit()
-        if on_exit is not None:
-            on_exit()
         with contextlib.suppress(RuntimeError):  # loop closed while the job ran: nobody waits
             loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=target, name="soniq-sync-job", daemon=True).start()
     return future
-
-
-def _is_async(registry: JobRegistry, name: str) -> bool:
-    definition = registry.get(name)
-    return definition is None or definition.is_async
 
 
 def _is_async(registry: JobRegistry, name: str) -> bool:
