@@ -546,9 +546,8 @@ async def test_dead_letter_list_get_count_replay_purge(soniq_app: Soniq) -> None
         raise ValueError(f"no address for {user}")
 
     dead_ids: list[str] = []
-    for enqueue in (lambda: app.enqueue(charge, order=1), lambda: app.enqueue(notify, user=2),
-                    lambda: app.enqueue(charge, order=3)):  # fmt: skip
-        dead_ids.append(await enqueue())
+    for target, args in ((charge, {"order": 1}), (notify, {"user": 2}), (charge, {"order": 3})):
+        dead_ids.append(await app.enqueue(target, args=args))
         await app.run_worker(run_once=True)
         await tick()
     c1, n2, c3 = dead_ids
@@ -679,7 +678,7 @@ async def test_continuous_worker_registers_and_deregisters(soniq_app: Soniq) -> 
         jid = await app.enqueue(noop, n=1)
 
         async def finished() -> bool:
-            return (await job(app, jid))["status"] == "done"
+            return bool((await job(app, jid))["status"] == "done")
 
         await wait_until(finished, timeout=5, message="job done")
     finally:
