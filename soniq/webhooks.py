@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -235,7 +234,6 @@ class WebhookOutbox(Subscriber):
         self.timeout = 10.0
         self.batch_size = 20
         self.resolve: Resolver = system_resolver
-        self.wake = asyncio.Event()
 
     # --- interest -----------------------------------------------------------
     async def refresh(self, backend: StorageBackend) -> None:
@@ -293,16 +291,23 @@ class WebhookOutbox(Subscriber):
 
     # --- delivery ------------------------------------------------------------------
     async def run(self, backend: StorageBackend, settings: SoniqSettings) -> None:
-        """Deliver due outbox rows while the worker runs."""
+        """Deliver due outbox rows while the worker runs (idle, and no HTTP client, while
+        no webhook is registered)."""
         interval = min(settings.poll_interval, 1.0)
-        httpx = _httpx()
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        client: Any = None
+        try:
             while True:
-                sent = await self.dispatch(backend, client) if self.wanted else 0
+                sent = 0
+                if self.wanted:
+                    client = client or _httpx().AsyncClient(
+                        timeout=self.timeout, follow_redirects=False
+                    )
+                    sent = await self.dispatch(backend, client)
                 if not sent:
-                    self.wake.clear()
-                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), interval)
+                    await asyncio.sleep(interval)
+        finally:
+            if client is not None:
+                await client.aclose()
 
     async def dispatch(self, backend: StorageBackend, client: Any) -> int:
         """Deliver one batch of due rows; returns how many were tried."""

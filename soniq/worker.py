@@ -471,19 +471,22 @@ class Worker:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep the outcomes, try again
                 self._acks[:0] = batch
+                self._records[:0] = records
                 log.error("Recording %d job outcomes failed (%s); retrying", len(batch), exc)
-                if records:  # a feature's rows never hold outcomes back: next try without
-                    log.error("Dropped %d webhook/log records with that batch", len(records))
                 await asyncio.sleep(self.settings.error_retry_delay)
 
     async def _write(self, batch: list[Ack], records: list[Record]) -> None:
         ttl = self.settings.result_ttl
-        if records:
+        if not records:
+            await self.backend.ack(batch, result_ttl=ttl)
+            return
+        try:
             await self.backend.ack_observed(batch, records, result_ttl=ttl)
         else:
             await self.backend.ack(batch, result_ttl=ttl)
 
     # --- start, side loops, shutdown --------------------------------------
+            log.error("Dropped %d webhook/log records (%s)", len(records), exc)
     def _check_capacity(self, concurrency: int) -> None:
         """Let the backend make room for ``concurrency`` jobs before it opens (a pool size)."""
         if concurrency < 1:

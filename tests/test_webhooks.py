@@ -379,6 +379,26 @@ async def test_a_raising_subscriber_never_fails_a_job(hooked: Soniq) -> None:
     assert await app.get_result(job_id) == 7
 
 
+async def test_records_that_cannot_be_written_never_hold_the_outcome_back(hooked: Soniq) -> None:
+    from soniq.events import OutboxEvent
+
+    app = hooked
+
+    class Poison(Subscriber):
+        def on_finished(self, job: Any, outcome: Any, duration: float) -> list[OutboxEvent]:
+            return [OutboxEvent("job.completed", "not-a-uuid", "{}", None)]
+
+    app.events.subscribe(Poison())
+
+    @app.job()
+    async def fine() -> int:
+        return 8
+
+    job_id = await app.enqueue(fine)
+    await asyncio.wait_for(app.run_worker(run_once=True), 10)
+    assert await app.get_result(job_id) == 8
+
+
 async def test_a_late_ack_invents_no_completion_event(hooked: Soniq, receiver: Receiver) -> None:
     """An outcome whose claim was lost (recovered elsewhere) writes no outbox row."""
     from soniq.job import Ack, Done
