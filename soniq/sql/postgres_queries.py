@@ -77,18 +77,24 @@ JOB_CLAIM_QUEUES = _CLAIM.format(queue_filter="AND queue = ANY($4::text[])")
 
 # Acks: parallel arrays (id, lease, ...). The lease check ignores a late ack from
 # a worker whose job was recovered and claimed again elsewhere.
+# coalesce(j.status, '') is on purpose: it keeps the planner from answering
+# "status = 'processing'" with an index whose key starts with status (the dashboard's
+# soniq_jobs_live_recent_idx). While a long transaction holds vacuum back, that index
+# keeps every past 'processing' version, and a hash join over it made each ack batch
+# scan all jobs claimed since (bench/RESULTS.md, bloat drill); by id, a batch reads
+# only its own rows.
 JOB_ACK_DONE = """
 UPDATE soniq_jobs j
 SET status = 'done', result = a.result::jsonb, completed_at = now(), updated_at = now(),
     expires_at = now() + make_interval(secs => $4), lease = NULL
 FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS a(id, lease, result)
-WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = 'processing'
 """
 
 JOB_ACK_DONE_DELETE = """
 DELETE FROM soniq_jobs j
 USING unnest($1::uuid[], $2::uuid[]) AS a(id, lease)
-WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = 'processing'
 """
 
 JOB_ACK_RETRY = f"""
@@ -98,7 +104,7 @@ WITH upd AS (
         worker_id = NULL, lease = NULL, updated_at = now()
     FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[])
          AS a(id, lease, run_at, error)
-    WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+    WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = 'processing'
     RETURNING j.queue
 )
 SELECT count(pg_notify('{CHANNEL}', q)) FROM (SELECT DISTINCT queue AS q FROM upd) d
@@ -111,7 +117,7 @@ WITH upd AS (
         scheduled_at = COALESCE(a.run_at, now()), worker_id = NULL, lease = NULL,
         updated_at = now()
     FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS a(id, lease, run_at)
-    WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+    WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = 'processing'
     RETURNING j.queue
 )
 SELECT count(pg_notify('{CHANNEL}', q)) FROM (SELECT DISTINCT queue AS q FROM upd) d
@@ -135,7 +141,7 @@ JOB_ACK_FAIL = (
 WITH gone AS (
     DELETE FROM soniq_jobs j
     USING unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS a(id, lease, error, tb)
-    WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
+    WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = 'processing'
     RETURNING j.id, j.job_name, j.args, j.queue, j.priority, j.attempts, j.max_attempts,
               j.created_at, a.error, a.tb
 )
@@ -441,7 +447,7 @@ WEBHOOK_DELETE = "DELETE FROM soniq_webhooks WHERE id = $1"
 ACK_HELD = """
 SELECT j.id FROM soniq_jobs j
 JOIN unnest($1::uuid[], $2::uuid[]) AS a(id, lease) ON j.id = a.id AND j.lease = a.lease
-WHERE j.status = 'processing'
+WHERE coalesce(j.status, '') = 'processing'  -- by id, as the acks (see JOB_ACK_DONE)
 FOR UPDATE OF j
 """
 
