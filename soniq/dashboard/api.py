@@ -61,6 +61,11 @@ async def get_job(ctx: Context, request: Request) -> Any:
     return await data.job(ctx.soniq, request.path_params["job_id"])
 
 
+async def get_job_logs(ctx: Context, request: Request) -> Any:
+    found = await data.job(ctx.soniq, request.path_params["job_id"])
+    return {"logs": await data.job_logs(ctx.soniq, found["id"])}
+
+
 async def get_timeline(ctx: Context, request: Request) -> Any:
     hours = params.hours(request.query_params)
     chart = await data.timeline(ctx.soniq, hours)
@@ -183,6 +188,7 @@ ENDPOINTS = (
     Endpoint("GET", "/jobs/types", "Task names seen in jobs, dead letters and the registry.",
              get_types),
     Endpoint("GET", "/jobs/{job_id}", "One job (or dead letter) with its details.", get_job),
+    Endpoint("GET", "/jobs/{job_id}/logs", "What the job logged while it ran.", get_job_logs),
     Endpoint("POST", "/jobs/{job_id}/retry", "Run a finished job again (new job id).", retry_job,
              write=True),
     Endpoint("POST", "/jobs/{job_id}/cancel", "Cancel a queued job.", cancel_job, write=True),

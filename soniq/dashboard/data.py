@@ -186,6 +186,11 @@ async def job(app: Soniq, job_id: str) -> dict[str, Any]:
     raise NotFound(f"No job with id {canonical}; it may have been pruned after its result_ttl.")
 
 
+async def job_logs(app: Soniq, job_id: str) -> list[dict[str, Any]]:
+    """What the job logged while it ran (``app.logs``), oldest first; [] for an unknown id."""
+    return await app.logs.job_logs(job_id)
+
+
 async def task_names(app: Soniq) -> list[str]:
     await app.ensure_initialized()
     stored = await app.backend.job_task_names()

@@ -90,7 +90,8 @@ class Pages:
 
     async def job(self, request: Request) -> Response:
         found = await data.job(self.ctx.soniq, request.path_params["job_id"])
-        return self.show(request, "job.html", nav="jobs", job=found)
+        logs = await data.job_logs(self.ctx.soniq, found["id"])
+        return self.show(request, "job.html", nav="jobs", job=found, logs=logs)
 
     async def dead_letters(self, request: Request) -> Response:
         q = request.query_params

@@ -294,3 +294,23 @@ async def test_dead_letters_page_through_the_job_list_by_token(app: Soniq, dashb
                 break
             query["cursor"] = page["next_cursor"]
     assert len(set(seen)) == 3 and len(seen) == 3
+
+
+async def test_job_detail_shows_what_the_job_logged(soniq_app: Soniq, dashboard: Any) -> None:
+    import logging
+
+    @soniq_app.job(name="dash.chatty")
+    async def chatty() -> None:
+        logging.getLogger("shop").warning("card <b>4242</b> declined")
+
+    job_id = await soniq_app.enqueue("dash.chatty")
+    await soniq_app.run_worker(run_once=True)
+    served = await dashboard(soniq_app)
+    async with served.client() as http:
+        logs = (await http.get(f"/api/jobs/{job_id}/logs")).json()["logs"]
+        assert [(e["level"], e["message"]) for e in logs] == [
+            ("WARNING", "card <b>4242</b> declined")
+        ]
+        html = (await http.get(f"/jobs/{job_id}")).text
+        assert "card &lt;b&gt;4242&lt;/b&gt; declined" in html
+        assert (await http.get("/api/jobs/not-a-uuid/logs")).status_code == 404
