@@ -47,7 +47,7 @@ def discover_app(modules: str | Sequence[str], *, cwd: str | None = None) -> Son
     names = parse_modules(modules)
     if not names:
         raise DiscoveryError(
-            "No jobs modules given. Set SONIQ_JOBS_MODULES (or --jobs-modules) to the "
+            "SONIQ_JOBS_MODULES is not set and --jobs-modules was not passed: set it to the "
             "comma-separated module(s) that define your @app.job() functions, "
             "e.g. SONIQ_JOBS_MODULES=jobs for ./jobs.py."
         )

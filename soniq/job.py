@@ -325,6 +325,45 @@ class DeadLetterJob:
         d["updated_at"] = self.dead_lettered_at
         return d
 
+    # The published package's names for these fields (soniq.features.dead_letter).
+    @property
+    def dead_letter_reason(self) -> str:
+        """Why it was dead-lettered, read from its error (``max_retries_exceeded``, ...)."""
+        return dead_letter_reason(self.last_error)
+
+    @property
+    def original_created_at(self) -> datetime | None:
+        return self.created_at
+
+    @property
+    def moved_to_dead_letter_at(self) -> datetime | None:
+        return self.dead_lettered_at
+
+    @property
+    def last_resurrection_at(self) -> datetime | None:
+        return self.last_replayed_at
+
+    @property
+    def tags(self) -> list[str]:
+        """Always empty: tags were never stored (the published ``add_tags_to_job`` is not kept)."""
+        return []
+
+
+def dead_letter_reason(last_error: str | None) -> str:
+    """The published ``DeadLetterReason`` of a dead letter, from its recorded error.
+
+    Derived rather than stored: the error already says it, and every dead letter
+    (old ones, those of other workers) gets a reason without a schema change.
+    """
+    text = last_error or ""
+    if text.startswith("Job ") and text.endswith(" not registered."):
+        return "job_not_found"
+    if text.startswith(("TimeoutError", "JobTimeoutError")):
+        return "timeout"
+    if text.startswith(("JobValidationError", "ValidationError", "Invalid arguments")):
+        return "invalid_arguments"
+    return "max_retries_exceeded"
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
@@ -362,6 +401,40 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    # Read as a dict too, with our field names and the published package's keys
+    # (``schedule["next_run"]``, ``["schedule_type"]``...), which its users index.
+    def __getitem__(self, key: str) -> Any:
+        if key in _SCHEDULE_FIELDS:
+            return getattr(self, key)
+        if key in _PUBLISHED_SCHEDULE_KEYS:
+            return _PUBLISHED_SCHEDULE_KEYS[key](self)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def keys(self) -> list[str]:
+        return [*_SCHEDULE_FIELDS, *_PUBLISHED_SCHEDULE_KEYS]
+
+
+_SCHEDULE_FIELDS = (
+    "name", "job_name", "args", "queue", "priority", "cron", "every_seconds", "timezone",
+    "status", "next_run_at", "last_run_at", "created_at", "updated_at",
+)  # fmt: skip
+_PUBLISHED_SCHEDULE_KEYS: dict[str, Any] = {
+    "id": lambda s: s.name,
+    "schedule_type": lambda s: "cron" if s.cron is not None else "interval",
+    "schedule_value": lambda s: s.cron if s.cron is not None else f"{s.every_seconds:g}",
+    "max_attempts": lambda s: None,
+    "last_run": lambda s: s.last_run_at,
+    "next_run": lambda s: s.next_run_at,
+    "run_count": lambda s: None,
+    "last_job_id": lambda s: None,
+}
 
 
 # --- Outcomes: what executing one attempt decided. One ack per outcome kind. ---

@@ -65,6 +65,39 @@ class Scheduler:
     def __init__(self, app: Soniq, *, clock: Clock | None = None) -> None:
         self.app = app
         self._clock = clock or utc_now
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+
+    # --- in-process loop (the published package's start/stop) ---------------------
+    @property
+    def running(self) -> bool:
+        """True while ``start()``'s loop runs in this process."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def start(self, check_interval: float = 30) -> None:
+        """Fire schedules from this process until ``stop()``: what `soniq scheduler` runs.
+
+        ``@app.periodic`` jobs are stored first. Leader election still applies, so
+        this is safe beside `soniq scheduler` processes. Example::
+
+            await app.scheduler.start(check_interval=5)
+            ...
+            await app.scheduler.stop()
+        """
+        if self.running:
+            return
+        self._stop = asyncio.Event()
+        await sync_periodic(self.app)
+        runner = SchedulerRunner(self.app, tick=check_interval, clock=self._clock)
+        self._loop_task = asyncio.create_task(runner.run(self._stop), name="soniq-scheduler")
+
+    async def stop(self) -> None:
+        """Stop ``start()``'s loop and hand the lease back (no-op when not running)."""
+        task, self._loop_task = self._loop_task, None
+        if task is None or self._stop is None:
+            return
+        self._stop.set()
+        await task
 
     async def add(
         self,
@@ -77,11 +110,13 @@ class Scheduler:
         priority: int | None = None,
         name: str | None = None,
         timezone: str = "UTC",
-    ) -> Schedule:
+    ) -> ScheduleName:
         """Create or update a schedule; arguments are validated now, as for ``enqueue``.
 
         ``target`` is a job function, a task-name string, a ``TaskRef``, or
-        omitted when ``name=`` is a task name. Exactly one of ``cron=`` (a
+        omitted when ``name=`` is a task name. Returns the schedule's name (what the
+        published package returned), which also reads as the stored ``Schedule``
+        (``.next_run_at``, ``.cron``...). Exactly one of ``cron=`` (a
         string or builder) or ``every=`` (a ``timedelta`` or seconds) is required;
         ``timezone`` is the IANA zone the cron expression is read in.
 
@@ -104,7 +139,7 @@ class Scheduler:
             timezone=timezone,
         )  # fmt: skip
         await self.app.ensure_initialized()
-        return await store_schedule(self.app, schedule, to_utc(self._clock()))
+        return ScheduleName(await store_schedule(self.app, schedule, to_utc(self._clock())))
 
     async def pause(self, name: str) -> bool:
         """Stop firing ``name`` until resumed; ``False`` if there is no such schedule.
@@ -183,6 +218,40 @@ class Scheduler:
         return self.app.build_job(
             name if target is None else target, args=args or {}, queue=queue, priority=priority
         )
+
+
+class ScheduleName(str):
+    """The name ``scheduler.add`` returns, which is also the stored ``Schedule``.
+
+    A ``str`` (``pause(name)``, logging, JSON) as in the published package; the
+    schedule's fields (``.next_run_at``, ``.cron``, ...) read through, and it equals
+    the ``Schedule`` that ``scheduler.get(name)`` returns.
+    """
+
+    schedule: Schedule
+
+    def __new__(cls, schedule: Schedule) -> ScheduleName:
+        self = super().__new__(cls, schedule.name)
+        self.schedule = schedule
+        return self
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "schedule":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(attr)
+        return getattr(self.schedule, attr)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.schedule[key] if isinstance(key, str) else str.__getitem__(self, key)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Schedule):
+            return self.schedule == other
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ScheduleName, (self.schedule,))
 
 
 async def store_schedule(app: Soniq, schedule: Schedule, now: datetime) -> Schedule:
@@ -384,6 +453,7 @@ async def run_scheduler(app: Soniq, stop: asyncio.Event, *, tick: float = 1.0) -
 
 
 __all__ = [
+    "ScheduleName",
     "Scheduler",
     "SchedulerRunner",
     "following_run",

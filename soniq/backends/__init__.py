@@ -177,6 +177,14 @@ class StorageBackend(Protocol):
         self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
     ) -> int: ...
 
+    async def dead_letter_replay_as(
+        self, job_id: str, *, queue: str | None, priority: int | None,
+        max_attempts: int | None, keep_attempts: bool,
+    ) -> str | None:  # fmt: skip
+        """Replay one dead letter with overrides (``None`` keeps the stored value) and
+        marked like ``dead_letter_replay``; ``keep_attempts`` starts the new job with the
+        attempts already spent. Returns the new job's id, ``None`` for an unknown id."""
+
     # --- schedules ---------------------------------------------------------
     async def schedule_upsert(self, schedule: Schedule) -> Schedule:
         """Insert or update by name, keeping ``last_run_at``; returns the stored row."""

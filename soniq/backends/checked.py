@@ -246,6 +246,28 @@ class CheckedBackend:
             return 0
         return await self.inner.dead_letter_purge(job_ids=ids, queue=None, task=None)
 
+    async def dead_letter_replay_as(
+        self, job_id: str, *, queue: str | None, priority: int | None,
+        max_attempts: int | None, keep_attempts: bool,
+    ) -> str | None:  # fmt: skip
+        canonical = canonical_id(job_id)
+        if canonical is None:
+            return None
+        if queue is not None:
+            check_text("queue name", queue, MAX_NAME_LENGTH)
+        if priority is not None:
+            from soniq.enqueue import check_priority
+
+            check_priority(priority)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise JobValidationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        return await self.inner.dead_letter_replay_as(
+            canonical, queue=queue, priority=priority, max_attempts=max_attempts,
+            keep_attempts=bool(keep_attempts),
+        )  # fmt: skip
+
     # --- schedules ---------------------------------------------------------------
     async def schedule_upsert(self, schedule: Schedule) -> Schedule:
         check_schedule_status(schedule.status)

@@ -467,6 +467,15 @@ class PostgresBackend:
             status = await self.pool.execute(q.DLQ_PURGE_FILTER, queue, task)
         return int(status.split()[-1])
 
+    async def dead_letter_replay_as(
+        self, job_id: str, *, queue: str | None, priority: int | None,
+        max_attempts: int | None, keep_attempts: bool,
+    ) -> str | None:  # fmt: skip
+        row = await self.pool.fetchrow(
+            q.DLQ_REPLAY_AS, job_id, uuid.uuid4(), queue, priority, max_attempts, keep_attempts
+        )
+        return None if row is None else str(row[0])
+
     # --- schedules ---------------------------------------------------------
     async def schedule_upsert(self, schedule: Schedule) -> Schedule:
         s = schedule

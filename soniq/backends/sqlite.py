@@ -494,6 +494,23 @@ class SQLiteBackend:
         self._listeners.notify(woke)
         return replayed
 
+    async def dead_letter_replay_as(
+        self, job_id: str, *, queue: str | None, priority: int | None,
+        max_attempts: int | None, keep_attempts: bool,
+    ) -> str | None:  # fmt: skip
+        params = {
+            "dead_id": job_id, "new_id": str(uuid.uuid4()), "now": _us(utc_now()),
+            "queue": queue, "priority": priority, "max_attempts": max_attempts,
+            "keep": int(keep_attempts),
+        }  # fmt: skip
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(q.DLQ_REPLAY_AS_INSERT, params))
+            if not rows:
+                return None
+            await conn.execute(q.DLQ_MARK_REPLAYED, params)
+        self._listeners.notify({rows[0]["queue"]})
+        return str(params["new_id"])
+
     async def dead_letter_purge(
         self, *, job_ids: Sequence[str] | None, queue: str | None, task: str | None
     ) -> int:

@@ -1,7 +1,8 @@
 """The ``soniq`` command: set up the database, run workers and the scheduler, inspect state.
 
 Every command takes ``--database-url`` (default ``SONIQ_DATABASE_URL``) and
-``--help``. Errors are one clear line on stderr with a non-zero exit code.
+``--help``. Errors are one clear message (and its suggestions) on stderr with a
+non-zero exit code. The group itself lives in :mod:`soniq.cli.group`.
 
 Example::
 
@@ -12,22 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import click
-
-import soniq
-from soniq.cli.db import migrate_status, setup
-from soniq.cli.dead_letters import dead_letter
-from soniq.cli.run import dashboard, scheduler, worker
-from soniq.cli.status import inspect, status
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(soniq.__version__, prog_name="soniq")
-def main() -> None:
-    """Soniq: background jobs for Python, powered by PostgreSQL."""
-
-
-for _command in (setup, migrate_status, worker, scheduler, status, inspect, dead_letter, dashboard):
-    main.add_command(_command)
+from soniq.cli.group import main
 
 __all__ = ["main"]

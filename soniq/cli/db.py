@@ -52,11 +52,18 @@ def setup(database_url: str | None) -> None:
                 f"Schema is up to date in {where} "
                 f"({len(report.applied)} applied now, {total} in total)."
             )
+        if "0000_adopt_published" in report.applied:
+            io.line(
+                "Adopted a database of the published soniq package: its queued jobs, dead "
+                "letters, schedules and webhooks were copied; its own tables are kept in the "
+                "schema soniq_published (DROP SCHEMA soniq_published CASCADE when done)."
+            )
         else:
             io.line(
                 f"Schema is up to date in {where}; nothing to do "
                 f"({total} migrations already applied)."
             )
+        io.line("Database setup completed.")  # the published package's words; scripts grep it
 
     run_app(io, database_app(database_url), body)
 

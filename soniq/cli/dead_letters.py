@@ -1,10 +1,12 @@
-"""``soniq dead-letter list|show|replay|purge``: jobs that exhausted their attempts."""
+"""``soniq dead-letter list|show|replay|purge|delete|cleanup|export``: jobs that exhausted
+their attempts. ``delete`` (= ``purge``), ``cleanup``, ``export``, ``--filter`` (= ``--task``)
+and ``--dry-run`` are the published package's spellings, kept for its users' scripts."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -34,7 +36,15 @@ OPTIONAL_COLUMNS = (("Queue", 100), ("Dead", 110), ("Replays", 130))
 """Columns of `dead-letter list` shown from a terminal width on (full ids come first)."""
 MAX_TASK_WIDTH, MAX_QUEUE_WIDTH, MIN_ERROR_WIDTH = 32, 16, 12
 
-task_option = click.option("--task", default=None, help="Only dead letters of this task name.")
+task_option = click.option(
+    "--task", "--filter", "task", default=None, help="Only dead letters of this exact task name."
+)
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Show how many would be affected (and a few); change nothing."
+)
+CONFIRM_FROM = 5
+"""`replay --all` asks before replaying this many or more (as the published CLI did)."""
+SAMPLE_SIZE = 5
 
 
 @click.group("dead-letter")
@@ -234,6 +244,8 @@ async def _in_chunks(
 @click.option("--all", "all_", is_flag=True, help="Replay every dead letter (matching filters).")
 @queue_option
 @task_option
+@dry_run_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 def replay_command(
     database_url: str | None,
@@ -241,14 +253,24 @@ def replay_command(
     all_: bool,
     queue: str | None,
     task: str | None,
+    dry_run: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
-    """Queue a fresh copy of dead letters (new job ids); the dead-letter rows are kept."""
+    """Queue a fresh copy of dead letters (new job ids); the dead-letter rows are kept.
+
+    --all asks first when it would replay 5 or more (--yes skips the question).
+    """
     _check_selection(ids, all_, queue, task, "replay")
     io = Io.create()
 
-    async def body(app: Soniq) -> dict[str, str]:
+    async def body(app: Soniq) -> dict[str, str] | None:
         targets = await _select(app, ids, queue, task)
+        if dry_run:
+            await _dry_run(io, app, "replay", targets, queue, task)
+            return None
+        if all_ and not yes and len(targets) >= CONFIRM_FROM:
+            _confirm(f"Replay {len(targets)} dead letters{_describe_filter(queue, task)}?")
         replayed: dict[str, str] = {}
 
         async def step(chunk: list[str]) -> int:
@@ -260,6 +282,8 @@ def replay_command(
         return replayed
 
     replayed = run_app(io, database_app(database_url), body)
+    if replayed is None:  # --dry-run
+        return
     if as_json:
         echo_json({"replayed": replayed, "count": len(replayed)})
         return
@@ -276,6 +300,7 @@ def replay_command(
 @click.option("--all", "all_", is_flag=True, help="Purge every dead letter (matching filters).")
 @queue_option
 @task_option
+@dry_run_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 def purge_command(
@@ -284,24 +309,25 @@ def purge_command(
     all_: bool,
     queue: str | None,
     task: str | None,
+    dry_run: bool,
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Delete dead letters for good (asks first for --all unless --yes)."""
+    """Delete dead letters for good (asks first for --all unless --yes). Alias: delete."""
     _check_selection(ids, all_, queue, task, "purge")
     io = Io.create()
 
-    async def body(app: Soniq) -> int:
+    async def body(app: Soniq) -> int | None:
         targets = await _select(app, ids, queue, task)
+        if dry_run:
+            await _dry_run(io, app, "purge", targets, queue, task)
+            return None
         if not targets:
             return 0
         if all_ and not yes:
             noun = "dead letter" if len(targets) == 1 else "dead letters"
-            click.confirm(
-                f"Purge {len(targets)} {noun}{_describe_filter(queue, task)}? "
-                "This cannot be undone",
-                abort=True,
-                err=True,
+            _confirm(
+                f"Purge {len(targets)} {noun}{_describe_filter(queue, task)}? This cannot be undone"
             )
 
         async def step(chunk: list[str]) -> int:
@@ -310,8 +336,88 @@ def purge_command(
         return await _in_chunks(io, "Purging", targets, step)
 
     purged = run_app(io, database_app(database_url), body)
+    if purged is None:  # --dry-run
+        return
     if as_json:
         echo_json({"purged": purged})
         return
     noun = "dead letter" if purged == 1 else "dead letters"
     io.line(f"Purged {purged} {noun}{_describe_filter(queue, task)}.")
+
+
+dead_letter.add_command(purge_command, name="delete")
+
+
+def _confirm(question: str) -> None:
+    """Ask on stderr; no answer (a script, a closed stdin) refuses, non-zero, nothing done."""
+    click.confirm(question, abort=True, err=True)
+
+
+async def _dry_run(
+    io: Io, app: Soniq, verb: str, targets: list[str], queue: str | None, task: str | None
+) -> None:
+    noun = "dead letter" if len(targets) == 1 else "dead letters"
+    io.line(f"Would {verb} {len(targets)} {noun}{_describe_filter(queue, task)} (dry run).")
+    for dead_id in targets[:SAMPLE_SIZE]:
+        row = await app.dead_letter.get(dead_id)
+        if row is not None:
+            io.line(f"  {dead_id}  {escape(str(row['job_name']))}")
+    if len(targets) > SAMPLE_SIZE:
+        io.line(f"  ... and {len(targets) - SAMPLE_SIZE} more")
+
+
+@dead_letter.command("cleanup")
+@database_url_option
+@click.option(
+    "--days", type=click.IntRange(min=0), default=30, show_default=True,
+    help="Delete dead letters older than this many days.",
+)  # fmt: skip
+@dry_run_option
+def cleanup_command(database_url: str | None, days: int, dry_run: bool) -> None:
+    """Delete dead letters older than --days (default 30)."""
+    io = Io.create()
+
+    async def body(app: Soniq) -> int:
+        from soniq.dead_letter import DeadLetterFilter
+
+        cutoff = utc_now() - timedelta(days=days)
+        if dry_run:
+            old = await app.dead_letter.list_dead_letter_jobs(
+                DeadLetterFilter(date_to=cutoff, limit=2**62)
+            )
+            return len(old)
+        return await app.dead_letter.cleanup_old_dead_letter_jobs(days)
+
+    count = run_app(io, database_app(database_url), body)
+    noun = "dead letter" if count == 1 else "dead letters"
+    verb = "Would delete" if dry_run else "Deleted"
+    io.line(f"{verb} {count} {noun} older than {days} days.")
+
+
+@dead_letter.command("export")
+@database_url_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="File.")
+@queue_option
+@task_option
+def export_command(
+    database_url: str | None, fmt: str, output: str, queue: str | None, task: str | None
+) -> None:
+    """Write dead letters (newest first) to a CSV or JSON file."""
+    io = Io.create()
+
+    async def body(app: Soniq) -> tuple[str, int]:
+        from soniq.dead_letter import DeadLetterFilter
+
+        chosen = DeadLetterFilter(
+            job_names=[task] if task else None, queues=[queue] if queue else None, limit=2**62
+        )
+        count = len(await app.dead_letter.list_dead_letter_jobs(chosen))
+        path = await app.dead_letter.export_dead_letter_jobs(chosen, format=fmt, path=output)
+        return path, count
+
+    path, count = run_app(io, database_app(database_url), body)
+    noun = "dead letter" if count == 1 else "dead letters"
+    io.line(f"Exported {count} {noun} to {path}.")

@@ -33,6 +33,7 @@ from soniq.utils import mask_url
 log = logging.getLogger("soniq.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def jobs_modules_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -40,23 +41,51 @@ def jobs_modules_option(func: click.decorators.FC) -> click.decorators.FC:
         "--jobs-modules",
         metavar="M1,M2",
         default=None,
-        help="Comma-separated modules that define your jobs. Defaults to SONIQ_JOBS_MODULES.",
+        help="Comma-separated modules that define your jobs, added to SONIQ_JOBS_MODULES.",
     )
     return option(func)
 
 
+def log_level_option(func: click.decorators.FC) -> click.decorators.FC:
+    option = click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default=None,
+        help="Log level. Defaults to SONIQ_LOG_LEVEL (INFO).",
+    )
+    return option(func)
+
+
+def merged_modules(option: str | None) -> list[str]:
+    """``SONIQ_JOBS_MODULES`` first, then ``--jobs-modules`` (each once): the flag adds to
+    the environment rather than replacing it, as in the published package."""
+    return list(dict.fromkeys([*jobs_modules_env(), *(split_csv(option) or [])]))
+
+
 def load_app(io: Io, url_option: str | None, modules_option: str | None) -> Soniq:
-    """Import the jobs modules and return their instance; warn if its URL is not the one given."""
+    """Import the jobs modules and return their instance (the one a worker must run).
+
+    ``--database-url`` naming another database than that instance's is an error (the
+    flag could not be honoured); a differing ``SONIQ_DATABASE_URL`` only warns, since a
+    shared environment often carries one for other tools.
+    """
     from soniq.discovery import discover_app
 
     url = resolve_url(url_option)
-    app = discover_app(modules_option or jobs_modules_env())
+    app = discover_app(merged_modules(modules_option))
+    if url_option and not same_database(url_option, app.database_url):
+        raise click.UsageError(
+            f"--database-url ({mask_url(url_option)}) conflicts with the database of the Soniq "
+            f"instance in your jobs modules ({mask_url(app.database_url)}): a worker runs on "
+            "that instance. Remove the flag, or point it at the same database."
+        )
     if url is not None and not same_database(url, app.database_url):
         io.warn(
             f"the Soniq instance from your jobs modules uses {mask_url(app.database_url)}, "
-            f"not {mask_url(url)} (from --database-url/SONIQ_DATABASE_URL); "
-            "running on the instance's database. Make them agree to silence this warning."
+            f"not {mask_url(url)} (from SONIQ_DATABASE_URL); running on the instance's "
+            "database. Make them agree to silence this warning."
         )
+    io.line(f"Using job-module instance: {mask_url(app.database_url)}")
     return app
 
 
@@ -82,7 +111,9 @@ def configure_logging(level: str) -> None:
     default=None,
     help="Jobs run at once. Defaults to SONIQ_CONCURRENCY (4).",
 )
-@click.option("--queues", metavar="A,B", default=None, help="Only these queues (default: all).")
+@click.option(
+    "--queues", metavar="A,B", default=None, help="Only these queues (default: all queues)."
+)
 @click.option("--run-once", is_flag=True, help="Process the jobs available now, then exit.")
 @click.option(
     "--metrics-port",
@@ -91,6 +122,7 @@ def configure_logging(level: str) -> None:
     help="Serve Prometheus /metrics on this port. Defaults to SONIQ_METRICS_PORT (off).",
 )
 @jobs_modules_option
+@log_level_option
 def worker(
     database_url: str | None,
     concurrency: int | None,
@@ -98,6 +130,7 @@ def worker(
     run_once: bool,
     metrics_port: int | None,
     jobs_modules: str | None,
+    log_level: str | None,
 ) -> None:
     """Run a worker for the jobs defined in SONIQ_JOBS_MODULES.
 
@@ -107,7 +140,7 @@ def worker(
     io = Io.create()
     with cli_errors(io):
         app = load_app(io, database_url, jobs_modules)
-    configure_logging(app.settings.log_level)
+    configure_logging((log_level or app.settings.log_level).upper())
     queue_list = split_csv(queues)
     slots = concurrency or app.settings.concurrency
     where = (
@@ -136,19 +169,43 @@ def worker(
 @click.option(
     "--tick",
     type=click.FloatRange(min=0.01),
-    default=1.0,
-    show_default=True,
-    help="Seconds between checks for due schedules.",
+    default=None,
+    help="Seconds between checks for due schedules (default 1).",
 )
-def scheduler(database_url: str | None, jobs_modules: str | None, tick: float) -> None:
+@click.option(
+    "--check-interval",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Whole seconds between checks (the published spelling of --tick).",
+)
+@log_level_option
+def scheduler(
+    database_url: str | None,
+    jobs_modules: str | None,
+    tick: float | None,
+    check_interval: int | None,
+    log_level: str | None,
+) -> None:
     """Fire recurring schedules (@app.periodic and app.scheduler.add) until SIGINT/SIGTERM.
 
     Run several for availability: one leads at a time, a standby takes over.
+    Without SONIQ_JOBS_MODULES it still fires the schedules stored in the database.
     """
     io = Io.create()
+    if tick is not None and check_interval is not None:
+        raise click.UsageError("--tick and --check-interval are the same option; pass one")
+    tick = tick if tick is not None else float(check_interval or 1)
     with cli_errors(io):
-        app = load_app(io, database_url, jobs_modules)
-    configure_logging(app.settings.log_level)
+        if merged_modules(jobs_modules):
+            app = load_app(io, database_url, jobs_modules)
+        else:
+            io.warn(
+                "SONIQ_JOBS_MODULES is not set: running without @app.periodic jobs; schedules "
+                "stored in the database (app.scheduler.add) still fire. Set it to the "
+                "module(s) that define your periodic jobs to register them."
+            )
+            app = database_app(database_url)()
+    configure_logging((log_level or app.settings.log_level).upper())
     where = (
         f"database={mask_url(app.database_url)} tick={tick:g}s "
         f"environment={app.settings.environment}"

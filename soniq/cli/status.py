@@ -99,7 +99,7 @@ async def collect_status(app: Soniq, jobs_limit: int) -> StatusReport:
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    default=20,
+    default=10,
     show_default=True,
     help="How many recent jobs --jobs shows.",
 )
@@ -239,8 +239,8 @@ async def collect_inspection(app: Soniq, cleanup: bool, schedules: bool) -> Insp
         found.removed = len(stale_workers(found.workers, timeout))
         found.recovered = await app.backend.recover_stale(timeout)
         found.workers = await app.backend.list_workers()
-    if schedules:
-        found.schedules = await app.backend.schedule_list()
+    # Always read: the default output ends with a one-line schedule summary.
+    found.schedules = await app.backend.schedule_list()
     return found
 
 
@@ -266,18 +266,24 @@ def inspect(
     if only_stale:
         workers = stale_workers(workers, found.heartbeat_timeout)
     if as_json:
-        echo_json(_inspection_json(found, workers))
+        echo_json(_inspection_json(found, workers, schedules))
         return
     if found.recovered is not None:
         io.line(
             f"Cleanup: removed {found.removed} stale workers, recovered {found.recovered} jobs."
         )
     print_workers(io, workers, found.heartbeat_timeout)
-    if found.schedules is not None:
-        print_schedules(io, found.schedules)
+    if schedules:
+        print_schedules(io, found.schedules or [])
+    else:
+        active = sum(1 for s in found.schedules or [] if s.status == "active")
+        paused = len(found.schedules or []) - active
+        io.line(f"Recurring Schedules: {active} active, {paused} paused (details: --schedules)")
 
 
-def _inspection_json(found: Inspection, workers: list[WorkerInfo]) -> dict[str, Any]:
+def _inspection_json(
+    found: Inspection, workers: list[WorkerInfo], schedules: bool
+) -> dict[str, Any]:
     stale = {w.id for w in stale_workers(found.workers, found.heartbeat_timeout)}
     data: dict[str, Any] = {
         "heartbeat_timeout": found.heartbeat_timeout,
@@ -285,7 +291,7 @@ def _inspection_json(found: Inspection, workers: list[WorkerInfo]) -> dict[str, 
     }
     if found.recovered is not None:
         data["cleanup"] = {"removed_workers": found.removed, "recovered_jobs": found.recovered}
-    if found.schedules is not None:
+    if found.schedules is not None and schedules:
         data["schedules"] = [s.to_dict() for s in found.schedules]
     return data
 

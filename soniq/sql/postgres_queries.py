@@ -990,3 +990,23 @@ ADOPT_STEP = "0000_adopt_published"
 """Recorded in soniq_migrations (and reported by setup) when a published database was adopted."""
 # An older published release may lack some of those tables: copy only what is there.
 ADOPT_TABLE_PRESENT = "SELECT to_regclass('soniq_published.' || $1) IS NOT NULL"
+
+# Replay of one dead letter with the published package's options (dead_letter.replay(id,
+# new_queue=, new_priority=, new_max_attempts=, reset_attempts=)): NULL keeps the stored
+# value; $6 keeps the spent attempts instead of starting from 0. Same marking as DLQ_REPLAY.
+DLQ_REPLAY_AS = f"""
+WITH src AS (
+    SELECT * FROM soniq_dead_letter_jobs WHERE id = $1 FOR UPDATE
+), ins AS (
+    INSERT INTO soniq_jobs (id, job_name, args, queue, priority, max_attempts, attempts)
+    SELECT $2, job_name, args, COALESCE($3::text, queue), COALESCE($4::integer, priority),
+           COALESCE($5::integer, max_attempts), CASE WHEN $6::boolean THEN attempts ELSE 0 END
+    FROM src
+    RETURNING id, queue
+), marked AS (
+    UPDATE soniq_dead_letter_jobs d
+    SET resurrection_count = d.resurrection_count + 1, last_replayed_at = now()
+    FROM src WHERE d.id = src.id
+)
+SELECT ins.id, pg_notify('{CHANNEL}', ins.queue) FROM ins
+"""

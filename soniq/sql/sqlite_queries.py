@@ -626,3 +626,18 @@ INSERT INTO soniq_job_deps (job_id, depends_on, run_at)
 SELECT :id, value, :run_at FROM json_each(:ids)
 """
 FLOW_SET_KEY = "UPDATE soniq_jobs SET concurrency_key = :key WHERE id = :id"
+
+
+# === Compatibility with the published package (soniq/dead_letter.py) =====================
+# Replay of one dead letter with options: NULL keeps the stored value, :keep keeps the
+# spent attempts instead of starting from 0. Marked with DLQ_MARK_REPLAYED, same transaction.
+DLQ_REPLAY_AS_INSERT = """
+INSERT INTO soniq_jobs
+    (id, job_name, args, queue, priority, max_attempts, attempts, scheduled_at, created_at,
+     updated_at)
+SELECT :new_id, job_name, args, COALESCE(:queue, queue), COALESCE(:priority, priority),
+       COALESCE(:max_attempts, max_attempts), CASE WHEN :keep THEN attempts ELSE 0 END,
+       :now, :now, :now
+FROM soniq_dead_letter_jobs WHERE id = :dead_id
+RETURNING queue
+"""
