@@ -269,17 +269,20 @@ async def retry_job(app: Soniq, job_id: str) -> str:
 
 
 async def cancel_job(app: Soniq, job_id: str) -> None:
+    """Cancel a queued job, or ask a running one to stop (through the facade, so the
+    ``job.cancelled`` event fires as for any other cancel)."""
     current = await job(app, job_id)
-    if not await app.backend.cancel_job(current["id"]):
+    if not await app.cancel_job(current["id"]):
         raise Conflict(
-            f"Job {current['id']} is {current['status']}; only queued jobs can be cancelled."
+            f"Job {current['id']} is {current['status']}; only queued or running jobs can be "
+            "cancelled."
         )
 
 
 async def delete_job(app: Soniq, job_id: str) -> None:
     canonical = params.job_id(job_id)
     await app.ensure_initialized()
-    if canonical is None or not await app.backend.delete_job(canonical):
+    if canonical is None or not await app.delete_job(canonical):
         raise NotFound(
             f"No job with id {job_id!r} in the jobs table "
             "(dead letters are deleted with DELETE /api/dead-letter/{id})."
