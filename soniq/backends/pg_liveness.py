@@ -39,7 +39,9 @@ log = logging.getLogger("soniq.postgres")
 # A direct session delivers its own probe in about a millisecond; through a pooler in
 # transaction mode it never arrives. Erring on the slow side only means polling.
 PROBE_TIMEOUT = 1.0
-# A dedicated connection that does not answer SELECT 1 in this long is taken as half-open.
+# A liveness connection that does not answer SELECT 1 in this long is taken as half-open
+# (generous: a false alarm opens a gap in the worker's lock). A LISTEN connection gets
+# three heartbeat intervals within 1..5 s (a false alarm there only re-subscribes).
 CHECK_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10.0
 # How often the locks are checked and the sweep runs, at most.
@@ -313,6 +315,7 @@ class PgListener:
         self._conn = conn
         self._on_new_job = on_new_job
         self._healthy = True
+        self._timeout = min(CHECK_TIMEOUT, max(1.0, 3 * every))
         self._task = asyncio.create_task(self._watch(every), name="soniq-listen-check")
 
     def deliver(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -325,9 +328,9 @@ class PgListener:
         while self.is_alive():
             await asyncio.sleep(every)
             try:
-                await asyncio.wait_for(self._conn.execute(q.SESSION_CHECK), CHECK_TIMEOUT)
+                await asyncio.wait_for(self._conn.execute(q.SESSION_CHECK), self._timeout)
             except CONNECTION_ERRORS as exc:
-                log.warning("LISTEN connection stopped answering (%s); closing it", exc)
+                log.warning("LISTEN connection stopped answering (%r); closing it", exc)
                 self._healthy = False
                 self._conn.terminate()
 
