@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from jinja2 import Environment
@@ -24,6 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soniq.dashboard import data, params, security
 from soniq.errors import SoniqError
+
+if TYPE_CHECKING:
+    from soniq.app import Soniq
 
 log = logging.getLogger("soniq.dashboard")
 
@@ -51,7 +54,7 @@ SECURITY_HEADERS = [
 class Context:
     """What every handler of one dashboard instance shares (no module-level state)."""
 
-    soniq: Any
+    soniq: Soniq
     policy: security.Policy
     templates: Environment
 

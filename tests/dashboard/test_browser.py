@@ -115,6 +115,7 @@ async def test_every_page_search_replay_and_pause_with_a_real_worker(
         await page.goto(served.url + "/schedules")
         await page.click('form[action$="/schedules/hourly.receipt/pause"] button')
         await page.wait_for_selector(".badge.s-paused")
+        await page.wait_for_selector("text=Schedule paused.")
         schedule = await app.scheduler.get("hourly.receipt")
         assert schedule is not None and schedule.status == "paused"
         await page.screenshot(path=str(artifacts / "schedule-paused.png"), full_page=True)

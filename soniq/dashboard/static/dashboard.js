@@ -46,11 +46,11 @@
     });
   }
 
-  function after(kind, body) {
+  function after(kind, body, done) {
     if (kind === "job" && body.job_id) { location.href = base + "/jobs/" + body.job_id; return null; }
     if (kind === "jobs") { location.href = base + "/jobs"; return null; }
     if (kind === "dead") { location.href = base + "/dead-letter"; return null; }
-    return refresh(true).then(function () { show("Done."); });
+    return refresh(true).then(function () { show(done || "Done."); });
   }
 
   document.addEventListener("submit", function (event) {
@@ -61,7 +61,9 @@
     var question = form.getAttribute("data-confirm");
     if (question && !window.confirm(question)) return;
     call(url, form.getAttribute("data-method") || "POST")
-      .then(function (body) { return after(form.getAttribute("data-after"), body); })
+      .then(function (body) {
+        return after(form.getAttribute("data-after"), body, form.getAttribute("data-done"));
+      })
       .catch(function (err) { show(err.message, true); });
   });
 
