@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 
 from soniq.app import Soniq
 from soniq.job import JobContext, JobStatus, Snooze
@@ -25,7 +26,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a checkout
     __version__ = "0.0.0"
 
+# The published package's flag: can the dashboard run here? Looked up, not imported,
+# so `import soniq` stays lean.
+DASHBOARD_AVAILABLE: bool = all(find_spec(name) is not None for name in ("starlette", "jinja2"))
+
 __all__ = [
+    "DASHBOARD_AVAILABLE",
     "JobContext",
     "JobStatus",
     "Snooze",

@@ -104,7 +104,22 @@ class PostgresBackend:
     name = "postgres"
     supports_transactions = True
 
-    def __init__(self, database_url: str, settings: SoniqSettings) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        settings: SoniqSettings | None = None,
+        *,
+        pool_min_size: int | None = None,
+        pool_max_size: int | None = None,
+    ) -> None:
+        """``settings`` come from the ``Soniq`` that builds this backend; built by hand
+        (the published ``PostgresBackend(url, pool_min_size=5, pool_max_size=20)``)
+        they are read from the environment with the given pool sizes."""
+        if settings is None:
+            sizes = {"pool_min_size": pool_min_size, "pool_max_size": pool_max_size}
+            settings = SoniqSettings(
+                database_url=database_url, **{k: v for k, v in sizes.items() if v is not None}
+            )
         self.database_url = database_url
         self.settings = settings
         self._pool: Any = None
