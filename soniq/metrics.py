@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from soniq.errors import ConfigurationError, MissingExtraError
 from soniq.events import Record, Subscriber
-from soniq.job import ClaimedJob, Done, Fail, NewJob, Outcome, Retry
+from soniq.job import Cancelled, ClaimedJob, Done, Fail, NewJob, Outcome, Retry, Snoozed
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -64,6 +64,8 @@ class JobMetrics(Subscriber):
         self.failed = counter("soniq_jobs_failed", "Failed attempts (retried or not).")
         self.retried = counter("soniq_jobs_retried", "Failed attempts scheduled for a retry.")
         self.dead = counter("soniq_jobs_dead_lettered", "Jobs moved to the dead-letter table.")
+        self.snoozed = counter("soniq_jobs_snoozed", "Attempts that snoozed (soniq.Snooze).")
+        self.cancelled = counter("soniq_jobs_cancelled", "Running jobs stopped by cancel_job().")
         self.duration = prom.Histogram(
             "soniq_job_duration_seconds", "Attempt run time.", JOB_LABELS,
             buckets=DURATION_BUCKETS, registry=self.registry,
@@ -92,7 +94,7 @@ class JobMetrics(Subscriber):
             found = self._children[key] = _Series(
                 *(m.labels(queue, task) for m in (
                     self.enqueued, self.started, self.completed, self.failed, self.retried,
-                    self.dead, self.duration, self.in_progress,
+                    self.dead, self.duration, self.in_progress, self.snoozed, self.cancelled,
                 ))
             )  # fmt: skip
         return found
@@ -120,6 +122,10 @@ class JobMetrics(Subscriber):
         elif isinstance(outcome, Fail):
             series.failed.inc()
             series.dead.inc()
+        elif isinstance(outcome, Snoozed):
+            series.snoozed.inc()
+        elif isinstance(outcome, Cancelled):
+            series.cancelled.inc()
 
     # --- gauges -------------------------------------------------------------------
     async def run(self, backend: StorageBackend, settings: SoniqSettings) -> None:
@@ -154,6 +160,8 @@ class _Series(NamedTuple):
     dead: Any
     duration: Any
     in_progress: Any
+    snoozed: Any
+    cancelled: Any
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> Any:

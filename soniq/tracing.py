@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from soniq.events import META_KEY, Record, Subscriber, job_meta
-from soniq.job import ClaimedJob, Done, NewJob, Outcome, Requeue
+from soniq.job import ClaimedJob, Done, NewJob, Outcome, Requeue, Snoozed
 from soniq.serialization import dumps_strict
 
 TRACER_NAME = "soniq"
@@ -106,7 +106,7 @@ def _with_trace(job: NewJob, carrier: dict[str, str]) -> NewJob:
 def _settle(trace: Any, span: Any, outcome: Outcome) -> None:
     if isinstance(outcome, Done):
         span.set_status(trace.Status(trace.StatusCode.OK))
-    elif isinstance(outcome, Requeue):
+    elif isinstance(outcome, (Requeue, Snoozed)):  # back in the queue: not an error
         span.set_attribute("soniq.requeued", True)
     else:
         error = getattr(outcome, "error", "failed")

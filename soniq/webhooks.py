@@ -52,7 +52,7 @@ from soniq.events import (
     Subscriber,
     Webhook,
 )
-from soniq.job import ClaimedJob, Done, Fail, NewJob, Outcome, Retry
+from soniq.job import Cancelled, ClaimedJob, Done, Fail, NewJob, Outcome, Retry
 from soniq.utils import canonical_id
 
 if TYPE_CHECKING:
@@ -83,7 +83,10 @@ class WebhookEvent(str, enum.Enum):
 
 ALIASES = {"job.enqueued": "job.queued", "job.dead_lettered": "job.dead_letter"}
 ALL_EVENTS = frozenset(e.value for e in WebhookEvent)
-OUTCOME_EVENTS = frozenset({"job.completed", "job.failed", "job.retried", "job.dead_letter"})
+# job.cancelled is also an outcome: of a running job that cancel_job() stopped.
+OUTCOME_EVENTS = frozenset(
+    {"job.completed", "job.failed", "job.retried", "job.dead_letter", "job.cancelled"}
+)
 RETRY_STATUS = frozenset({408, 425, 429})
 
 
@@ -281,6 +284,9 @@ class WebhookOutbox(Subscriber):
             info = _claimed(job, "dead_letter", error=outcome.error, will_retry=False)
             failed = _event("job.failed", info, held)
             return self._only([failed, _event("job.dead_letter", info, held)])
+        if isinstance(outcome, Cancelled):  # cancel_job() of a running job (soniq/flow.py)
+            info = _claimed(job, "cancelled", error=outcome.error, will_retry=False)
+            return self._only([_event("job.cancelled", info, held)])
         return []
 
     def on_changed(self, event: str, job: dict[str, Any]) -> list[Record]:

@@ -94,8 +94,9 @@ def test_enqueue_signature() -> None:
     params = _params(Soniq.enqueue)
     assert list(params) == [
         "self", "target", "args", "priority", "queue", "scheduled_at", "unique",
-        "dedup_key", "connection", "func_kwargs",
+        "dedup_key", "connection", "depends_on", "func_kwargs",
     ]  # fmt: skip
+    assert params["depends_on"].default is None  # flow control: run after these jobs
     assert params["target"].default is EMPTY
     assert params["target"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     for name in ("args", "priority", "queue", "scheduled_at", "unique", "dedup_key", "connection"):

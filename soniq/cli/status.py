@@ -229,9 +229,12 @@ class Inspection:
     recovered: int | None = None
     removed: int = 0
     schedules: list[Schedule] | None = None
+    job: dict[str, Any] | None = None  # --job: one job's state and progress
 
 
-async def collect_inspection(app: Soniq, cleanup: bool, schedules: bool) -> Inspection:
+async def collect_inspection(
+    app: Soniq, cleanup: bool, schedules: bool, job_id: str | None = None
+) -> Inspection:
     await app.ensure_initialized()
     timeout = app.settings.heartbeat_timeout
     found = Inspection(await app.backend.list_workers(), timeout)
@@ -241,6 +244,12 @@ async def collect_inspection(app: Soniq, cleanup: bool, schedules: bool) -> Insp
         found.workers = await app.backend.list_workers()
     # Always read: the default output ends with a one-line schedule summary.
     found.schedules = await app.backend.schedule_list()
+    if job_id is not None:
+        found.job = await app.get_job(job_id)
+        if found.job is None:
+            raise click.ClickException(
+                f"No job {job_id}; check the id (it may have been pruned after result_ttl)"
+            )
     return found
 
 
@@ -253,21 +262,30 @@ async def collect_inspection(app: Soniq, cleanup: bool, schedules: bool) -> Insp
     help="Remove stale workers and requeue (or dead-letter) the jobs they held.",
 )
 @click.option("--schedules", is_flag=True, help="Also list recurring schedules.")
+@click.option("--job", "job_id", help="Also show this job: state, progress, what it waits for.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def inspect(
-    database_url: str | None, only_stale: bool, cleanup: bool, schedules: bool, as_json: bool
-) -> None:
-    """Workers (host, pid, queues, uptime, heartbeat) and, with --schedules, schedules."""
+    database_url: str | None, only_stale: bool, cleanup: bool, schedules: bool,
+    job_id: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Workers (host, pid, queues, uptime, heartbeat), with --schedules schedules, and with
+    --job one job's state and progress."""
     io = Io.create()
     found = run_app(
-        io, database_app(database_url), lambda app: collect_inspection(app, cleanup, schedules)
-    )
+        io, database_app(database_url),
+        lambda app: collect_inspection(app, cleanup, schedules, job_id),
+    )  # fmt: skip
     workers = found.workers
     if only_stale:
         workers = stale_workers(workers, found.heartbeat_timeout)
     if as_json:
-        echo_json(_inspection_json(found, workers, schedules))
+        data = _inspection_json(found, workers, schedules)
+        if found.job is not None:
+            data["job"] = found.job
+        echo_json(data)
         return
+    if found.job is not None:
+        print_job(io, found.job)
     if found.recovered is not None:
         io.line(
             f"Cleanup: removed {found.removed} stale workers, recovered {found.recovered} jobs."
@@ -294,6 +312,23 @@ def _inspection_json(
     if found.schedules is not None and schedules:
         data["schedules"] = [s.to_dict() for s in found.schedules]
     return data
+
+
+def print_job(io: Io, job: dict[str, Any]) -> None:
+    """One job's line: state, attempts, progress, snoozes, and what it waits for or failed of."""
+    io.line(f"[bold]Job {job['id']}[/bold] ({job['job_name']}, queue {job['queue']})")
+    io.line(f"Status:    {job['status']}, attempt {job['attempts']} of {job['max_attempts']}")
+    if job.get("progress") is not None:
+        message = f" · {job['progress_message']}" if job.get("progress_message") else ""
+        io.line(f"Progress:  {job['progress'] * 100:.1f}%{message}")
+    if job.get("snoozes"):
+        io.line(f"Snoozed:   {job['snoozes']} times")
+    if job.get("waiting_for"):
+        io.line(f"Waits for: {', '.join(job['waiting_for'])}")
+    if job.get("cancel_requested"):
+        io.line("Cancel:    requested; its worker stops it")
+    if job.get("last_error"):
+        io.line(f"Error:     {job['last_error']}")
 
 
 def _every(seconds: float) -> str:

@@ -623,3 +623,43 @@ async def test_a_dead_letter_of_a_running_dependency_cancels_the_dependants(
     assert (found["status"], found["last_error"]) == (
         "cancelled", f"dependency {dep} was dead-lettered",
     )  # fmt: skip
+
+
+# --- the event seam: webhooks and metrics see the new outcomes ----------------------
+
+
+async def test_webhooks_and_metrics_see_snoozed_and_cancelled_jobs(soniq_app: Soniq) -> None:
+    app = soniq_app
+    started = asyncio.Event()
+    hook_id = await app.webhooks.register(
+        "http://127.0.0.1:9/hook", events=["job.cancelled"], allow_private=True
+    )
+    metrics = app.metrics
+
+    @app.job(name="flow.seam_snooze", max_snoozes=1, retries=0)
+    async def snoozes_once(ctx: JobContext) -> None:
+        if ctx.last_checkpoint is None:
+            await ctx.checkpoint("again")
+            raise Snooze(0)
+
+    @app.job(name="flow.seam_block")
+    async def block() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await app.enqueue(snoozes_once)
+    async with worker(app):
+        jid = await app.enqueue(block)
+        await asyncio.wait_for(started.wait(), 10)
+        await app.cancel_job(jid)
+        await wait_until(lambda: status_is(app, jid, "cancelled"), timeout=10, message="cancel")
+
+        async def delivered() -> list[Any]:
+            return [d for d in await app.webhooks.deliveries(hook_id) if d["job_id"] == jid]
+
+        [delivery] = await wait_until(delivered, timeout=10, message="job.cancelled outbox row")
+    assert delivery["event"] == "job.cancelled"
+    labels = {"queue": "default", "task": "flow.seam_snooze"}
+    assert metrics.get_sample_value("soniq_jobs_snoozed_total", labels) == 1.0
+    labels = {"queue": "default", "task": "flow.seam_block"}
+    assert metrics.get_sample_value("soniq_jobs_cancelled_total", labels) == 1.0
