@@ -898,6 +898,9 @@ from soniq import Soniq
 class RefusingBackend:
     name = "refusing"
 
+    def reserve_capacity(self, concurrency):
+        pass
+
     async def open(self):
         raise RuntimeError("backend refused to open")
 
