@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import io as _io
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import click
 
@@ -287,15 +284,3 @@ def dashboard(
             app, host=host, port=port, read_only=read_only, allowed_hosts=allowed_hosts,
             warn=io.warn,
         )  # fmt: skip
-
-
-def _dashboard_factory() -> Callable[[Soniq], Any] | None:
-    """``soniq.dashboard.create_dashboard_app`` once that module exists, else None."""
-    try:
-        if importlib.util.find_spec("soniq.dashboard") is None:
-            return None
-        module = importlib.import_module("soniq.dashboard")
-    except ImportError:
-        return None
-    factory = getattr(module, "create_dashboard_app", None)
-    return factory if callable(factory) else None
