@@ -10,6 +10,7 @@ PostgreSQL refuses to run as root, so under root the server runs as the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -405,3 +406,42 @@ def unexplained_duplicates(counts: dict[str, tuple[int, list[int]]], killed: set
         for job_id, (runs, pids) in counts.items()
         if runs > 1 and not all(pid in killed for pid in pids[:-1])
     ]
+
+
+class StallingProxy:
+    """A TCP proxy that can stop forwarding without closing anything (a half-open link)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                await self.flowing.wait()  # stalled: hold the bytes, close nothing
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def close(self) -> None:
+        self.flowing.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -43,6 +43,7 @@ from tests.chaos_support import (
     RUNS_TABLE,
     PgServer,
     SetupError,
+    StallingProxy,
     WorkerProcs,
     pg_server,
     run_counts,
@@ -464,45 +465,6 @@ async def _result(url: str, job_id: str) -> Any:
 
 
 # --- a half-open LISTEN connection -----------------------------------------------------
-
-
-class StallingProxy:
-    """A TCP proxy that can stop forwarding without closing anything (a half-open link)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await src.read(65536):
-                await self.flowing.wait()  # stalled: hold the bytes, close nothing
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    async def close(self) -> None:
-        self.flowing.set()
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def test_half_open_listen_connection(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -115,12 +115,20 @@ class StorageBackend(Protocol):
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
         """Record many outcomes at once. Acks whose lease no longer matches are ignored."""
 
-    async def register_worker(self, info: WorkerInfo) -> None: ...
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Add (or refresh) the worker's row.
+
+        PostgreSQL also takes the worker's liveness lock on a direct connection of its
+        own and, while any worker of this process is registered, requeues the jobs of
+        workers whose lock the database has released (their connection ended) within
+        seconds; see soniq/backends/pg_liveness.py. Others rely on ``recover_stale``.
+        """
 
     async def heartbeat(self, worker_id: str) -> bool:
         """Refresh liveness; ``False`` when the row is gone (another worker declared us dead)."""
 
-    async def deregister_worker(self, worker_id: str) -> None: ...
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove the worker's row (and release its liveness lock, on PostgreSQL)."""
 
     async def recover_stale(self, heartbeat_timeout: float) -> int:
         """Requeue jobs of workers silent for ``heartbeat_timeout`` and remove those workers.
