@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from soniq import Soniq
@@ -395,6 +396,8 @@ async def test_postgres_restart_mid_drain(own_pg: PgServer, own_url: str, tmp_pa
         a = c.procs.start(CHAOS_CONCURRENCY="4")
         b = c.procs.start(CHAOS_CONCURRENCY="4")
         await wait_until(lambda: _runs_of(c, slow, 2), timeout=30, message="both slow jobs run")
+        for proc in (a, b):
+            await wait_until(lambda p=proc: c.registered(p), timeout=30, message="both workers up")
 
         await asyncio.to_thread(own_pg.stop, "fast")  # the outage begins
         down_at = time.monotonic()
@@ -556,3 +559,42 @@ async def test_bloat_long_transaction_keeps_throughput(pg_url: str) -> None:
     print(f"bloat: normal {normal:.0f}/s, held {held:.0f}/s ({held / normal:.0%}), dead {dead}")
     print("sizes kB before -> after:", {k: (before[k] // 1024, after[k] // 1024) for k in after})
     assert held >= 0.5 * normal, f"{held:.0f}/s with vacuum held back vs {normal:.0f}/s normal"
+
+
+# --- a claim whose answer is lost on the way ---------------------------------------------
+
+
+async def test_a_claim_whose_answer_was_lost_is_requeued(app: Soniq) -> None:
+    """The claim committed but the connection died before its rows arrived: those jobs
+    are 'processing' under a live worker that never runs them. The next claim gives
+    them back (attempt unspent) and takes them properly."""
+    producer = stub_producer(app.database_url)
+    try:
+        ids = await producer.enqueue_many("chaos.run", [{"n": i} for i in range(3)])
+    finally:
+        await producer.close()
+    await app.ensure_initialized()
+    backend: Any = app.backend.inner  # type: ignore[attr-defined]
+    real = backend._pool
+
+    class AnswerLost:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def fetch(self, *args: Any) -> Any:
+            await real.fetch(*args)  # committed...
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-operation")
+
+    backend._pool = AnswerLost()
+    worker = str(uuid.uuid4())
+    try:
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await app.backend.claim(None, worker, 10)
+    finally:
+        backend._pool = real
+    async with connect(app.database_url) as conn:
+        stuck = await conn.fetchval("SELECT count(*) FROM soniq_jobs WHERE status = 'processing'")
+    assert stuck == 3
+    claimed = await app.backend.claim(None, worker, 10)
+    assert sorted(j.id for j in claimed) == sorted(ids)
+    assert [j.attempt for j in claimed] == [1, 1, 1]  # the lost claim did not spend one

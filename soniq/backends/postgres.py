@@ -126,6 +126,7 @@ class PostgresBackend:
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._liveness: Liveness | None = None  # this process's direct connections
         self._cursors: dict[tuple[str, tuple[str, ...] | None], _Cursor] = {}
+        self._unanswered: set[uuid.UUID] = set()  # leases of claims that raised
 
     # --- lifecycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -284,15 +285,26 @@ class PostgresBackend:
     async def claim(
         self, queues: Sequence[str] | None, worker_id: str, limit: int
     ) -> list[ClaimedJob]:
+        if self._unanswered:
+            await self._requeue_unanswered()
         lease = uuid.uuid4()
         key = (worker_id, tuple(queues) if queues else None)
         cursor, now = self._cursors.get(key), time.monotonic()
         rows: list[Any] = []
-        if cursor is not None and now - cursor.full_at < CLAIM_CURSOR_TTL:
-            rows = await self.pool.fetch(*_claim_after(queues, worker_id, limit, lease, cursor))
-        short = len(rows) < limit
-        if short:  # from the head of the index: exact order, whatever the cursor skipped
-            rows += await self.pool.fetch(*_claim_head(queues, worker_id, limit - len(rows), lease))
+        try:
+            if cursor is not None and now - cursor.full_at < CLAIM_CURSOR_TTL:
+                rows = await self.pool.fetch(*_claim_after(queues, worker_id, limit, lease, cursor))
+            short = len(rows) < limit
+            if short:  # from the head of the index: exact order, whatever the cursor skipped
+                rows += await self.pool.fetch(
+                    *_claim_head(queues, worker_id, limit - len(rows), lease)
+                )
+        except BaseException:
+            # The claim may have committed with its answer lost on the way (the connection
+            # died): those rows would stay 'processing' under a live worker that never runs
+            # them. The next claim gives them back, attempt unspent.
+            self._unanswered.add(lease)
+            raise
         rows.sort(key=_claim_order)  # RETURNING keeps no order
         if rows:
             last = _claim_order(rows[-1])
@@ -303,6 +315,13 @@ class PostgresBackend:
         elif short:
             self._cursors.pop(key, None)
         return await self._decoded(rows, str(lease))
+
+    async def _requeue_unanswered(self) -> None:
+        leases = list(self._unanswered)
+        found = await self.pool.fetchval(q.JOB_REQUEUE_UNANSWERED, leases)
+        self._unanswered.difference_update(leases)
+        if found:
+            log.warning("Requeued %d jobs of claims whose answer was lost", found)
 
     async def _decoded(self, rows: list[Any], lease: str) -> list[ClaimedJob]:
         """The claimed rows as jobs; a row whose arguments cannot be decoded into keyword
@@ -379,6 +398,8 @@ class PostgresBackend:
     async def deregister_worker(self, worker_id: str) -> None:
         for key in [k for k in self._cursors if k[0] == worker_id]:
             del self._cursors[key]
+        if self._unanswered:
+            await self._requeue_unanswered()
         await self.pool.execute(q.WORKER_DEREGISTER, worker_id)
         await self.liveness.release(worker_id)  # after the row: no window where it looks lost
 

@@ -664,6 +664,22 @@ JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(
     queue_filter="AND queue = ANY($4::text[])", p=5,
     after="(priority, scheduled_at, seq) > ($5, $6, $7)",
 )  # fmt: skip
+# A claim that raised (its connection died) may still have committed: its rows are
+# 'processing' under the claiming worker, with a lease nobody holds. Give them back
+# with the attempt unspent, as a requeue. Returns how many (the status index finds
+# the few processing rows; this runs only after a failed claim).
+JOB_REQUEUE_UNANSWERED = f"""
+WITH upd AS (
+    UPDATE soniq_jobs
+    SET status = 'queued', attempts = GREATEST(attempts - 1, 0), scheduled_at = now(),
+        worker_id = NULL, lease = NULL, updated_at = now()
+    WHERE status = 'processing' AND lease = ANY($1::uuid[])
+    RETURNING queue
+), woke AS (
+    SELECT count(pg_notify('{CHANNEL}', q)) FROM (SELECT DISTINCT queue AS q FROM upd) d
+)
+SELECT count(*) FROM upd, woke
+"""
 # A worker that took its lock back after losing it (reconnect) records the key again.
 WORKER_SET_LOCK_KEY = """
 UPDATE soniq_workers SET lock_key = $2 WHERE id = $1 AND lock_key IS DISTINCT FROM $2
