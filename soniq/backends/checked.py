@@ -127,29 +127,34 @@ class CheckedBackend:
 
     # --- producing -------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
-        self._check_connection(connection)
-        if not jobs:
-            return []
-        check_new_jobs(jobs)
-        jobs = [_utc_job(j) for j in jobs]
-        if connection is None or self.inner.name != "postgres":
-            return await self.inner.enqueue(jobs, connection=connection)
-        async with executor(connection) as conn:  # SQLAlchemy, psycopg, Tortoise, Django...
-            return await self.inner.enqueue(jobs, connection=conn)
+        return await self._write_jobs(jobs, None, connection)
 
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
     ) -> list[str]:
         """Same rules as ``enqueue``; the records ride in the same transaction."""
+        return await self._write_jobs(jobs, records, connection)
+
+    async def _write_jobs(
+        self, jobs: Sequence[NewJob], records: Sequence[Record] | None, connection: Any
+    ) -> list[str]:
         self._check_connection(connection)
         if not jobs:
             return []
         check_new_jobs(jobs)
-        jobs = [_utc_job(j) for j in jobs]
-        if connection is None or self.inner.name != "postgres":
-            return await self.inner.enqueue_observed(jobs, records, connection=connection)
+        ready = [_utc_job(j) for j in jobs]
+        if connection is None:
+            return await self._insert(ready, records, None)
+        # The caller's transaction, whatever holds it: asyncpg, psycopg, SQLAlchemy, Tortoise...
         async with executor(connection) as conn:
-            return await self.inner.enqueue_observed(jobs, records, connection=conn)
+            return await self._insert(ready, records, conn)
+
+    async def _insert(
+        self, jobs: list[NewJob], records: Sequence[Record] | None, connection: Any
+    ) -> list[str]:
+        if records is None:
+            return await self.inner.enqueue(jobs, connection=connection)
+        return await self.inner.enqueue_observed(jobs, records, connection=connection)
 
     def _check_connection(self, connection: Any) -> None:
         if connection is not None and not self.inner.supports_transactions:

@@ -149,6 +149,7 @@ class SQLiteBackend:
         self._migrated = False
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._locks_loop: asyncio.AbstractEventLoop | None = None
         self._listeners = InProcessListeners()
         self._rng = random.Random()
 
@@ -159,7 +160,11 @@ class SQLiteBackend:
         SQLite needs no server and no ``soniq setup``: the file is created on
         first use.
         """
-        if self._migrated and self._conn is not None:
+        if (
+            self._migrated
+            and self._conn is not None
+            and self._locks_loop is asyncio.get_running_loop()
+        ):
             return
         conn = await self._connection()
         async with self._open_lock:
@@ -168,6 +173,7 @@ class SQLiteBackend:
                 self._migrated = True
 
     async def close(self) -> None:
+        self._bind_locks()
         conn, self._conn = self._conn, None
         self._migrated = False
         if conn is not None:
@@ -196,8 +202,17 @@ class SQLiteBackend:
             for name, _ in migration_files()
         ]
 
+    def _bind_locks(self) -> None:
+        """Fresh locks for a new event loop (an app used across ``asyncio.run`` calls, one
+        test after another): an ``asyncio.Lock`` that waited on one loop refuses the next.
+        The connection itself is not tied to a loop (aiosqlite runs it on its own thread)."""
+        loop = asyncio.get_running_loop()
+        if self._locks_loop is not loop:
+            self._lock, self._open_lock, self._locks_loop = asyncio.Lock(), asyncio.Lock(), loop
+
     async def _connection(self) -> aiosqlite.Connection:
         """The open connection, connecting (without migrating) on first use."""
+        self._bind_locks()
         if self._conn is not None:
             return self._conn
         async with self._open_lock:

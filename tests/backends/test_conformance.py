@@ -35,7 +35,6 @@ UTC = timezone.utc
 STATS_KEYS = {"queue", "total", "queued", "processing", "done", "dead_letter", "cancelled"}
 
 
-
 # --- helpers --------------------------------------------------------------------
 
 

@@ -401,3 +401,25 @@ async def test_memory_applies_the_sqlite_migrations() -> None:
         assert all(m.applied for m in await backend.migration_status())
     finally:
         await backend.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_one_app_across_event_loops_with_contended_writes(kind: str, tmp_path: Path) -> None:
+    """Each test of a user's suite runs its own loop: the locks must follow the loop."""
+    from soniq import Soniq
+
+    app = Soniq(backend="memory") if kind == "memory" else Soniq(str(tmp_path / "l.db"))
+
+    @app.job(name="loops.noop")
+    async def noop(n: int) -> None:
+        return None
+
+    async def burst() -> int:
+        await asyncio.gather(*(app.enqueue(noop, n=i) for i in range(20)))  # contended
+        return len(await app.list_jobs(limit=1000))
+
+    try:
+        assert asyncio.run(burst()) == 20
+        assert asyncio.run(burst()) == 40  # a new loop: no "bound to a different event loop"
+    finally:
+        asyncio.run(app.close())
