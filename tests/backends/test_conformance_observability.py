@@ -46,7 +46,8 @@ async def test_webhook_rows_round_trip(soniq_app: Soniq) -> None:
     some = await b.webhook_add(hook(["job.completed", "job.failed"], "https://x.example/h"))
     assert some.events == ["job.completed", "job.failed"] and some.allow_private is True
     assert some.secret == "s3cret" and some.created_at is not None
-    assert all_events.created_at.tzinfo is not None and all_events.events is None
+    assert all_events.created_at is not None and all_events.created_at.tzinfo is not None
+    assert all_events.events is None
     assert [h.id for h in await b.webhook_list()] == [all_events.id, some.id]
     assert await b.webhook_remove(some.id) is True
     assert await b.webhook_remove(some.id) is False
