@@ -175,3 +175,10 @@ def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> Any:
             "--metrics-port or SONIQ_METRICS_PORT"
         ) from None
     return server
+
+
+# The published docs' spelling (their going-to-production page); the class lives in
+# soniq/observability.py with the other metrics sinks.
+from soniq.observability import PrometheusMetricsSink  # noqa: E402
+
+__all__ = ["JobMetrics", "PrometheusMetricsSink", "serve"]
