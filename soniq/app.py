@@ -297,7 +297,7 @@ class Soniq:
         kwargs: Mapping[str, Any] | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        scheduled_at: datetime | float | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
         unique: bool | None = None,
         dedup_key: str | None = None,
         depends_on: Iterable[str] | None = None,
@@ -320,7 +320,7 @@ class Soniq:
         args: dict[str, Any] | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        scheduled_at: datetime | float | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
         unique: bool | None = None,
         dedup_key: str | None = None,
         connection: Any = None,
@@ -348,7 +348,7 @@ class Soniq:
         *,
         priority: int | None = None,
         queue: str | None = None,
-        scheduled_at: datetime | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
         unique: bool | None = None,
         connection: Any = None,
     ) -> list[str]:
@@ -377,12 +377,12 @@ class Soniq:
     async def schedule(
         self,
         target: Any,
-        run_at: datetime | float,
+        run_at: datetime | timedelta | float,
         *,
         args: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
-        """Enqueue to run at ``run_at`` (a UTC datetime, or seconds from now)."""
+        """Enqueue to run at ``run_at`` (a UTC datetime, a ``timedelta`` or seconds from now)."""
         return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
 
     # --- sync producers (soniq/sync.py) --------------------------------------
@@ -393,7 +393,7 @@ class Soniq:
         args: dict[str, Any] | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        scheduled_at: datetime | float | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
         unique: bool | None = None,
         dedup_key: str | None = None,
         connection: Any = None,
@@ -416,8 +416,8 @@ class Soniq:
         ))  # fmt: skip
 
     def schedule_sync(
-        self, target: Any, run_at: datetime | float, *, args: dict[str, Any] | None = None,
-        **kwargs: Any,
+        self, target: Any, run_at: datetime | timedelta | float, *,
+        args: dict[str, Any] | None = None, **kwargs: Any,
     ) -> str:  # fmt: skip
         """``schedule`` for code without an event loop (see ``enqueue_sync``)."""
         return self.enqueue_sync(target, args=args, scheduled_at=run_at, **kwargs)

@@ -37,7 +37,7 @@ log = logging.getLogger("soniq.enqueue")
 class EnqueueOptions:
     priority: int | None = None
     queue: str | None = None
-    scheduled_at: datetime | float | int | None = None
+    scheduled_at: datetime | timedelta | float | int | None = None
     unique: bool | None = None
     dedup_key: str | None = None
     depends_on: tuple[str, ...] = ()

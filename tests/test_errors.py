@@ -43,7 +43,7 @@ def test_every_error_class_is_a_soniq_error_with_its_own_stable_code() -> None:
     codes: dict[str, type[BaseException]] = {}
     for cls in ERROR_CLASSES:
         assert issubclass(cls, SoniqError), cls
-        code = cls.error_code  # type: ignore[attr-defined]
+        code = cls.error_code
         assert isinstance(code, str) and code.isupper() and code, cls
         if cls is not errors.ConfigurationTypeError:  # a TypeError flavour of its parent
             assert code not in codes, f"{cls.__name__} repeats {codes.get(code)}'s code"

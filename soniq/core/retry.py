@@ -37,7 +37,7 @@ class RetryPolicy(Protocol):
     """``delay_for(*, attempt, job_meta, exc) -> seconds | None`` (None: dead-letter now)."""
 
     def delay_for(
-        self, *, attempt: int, job_meta: Mapping[str, Any], exc: BaseException
+        self, *, attempt: int, job_meta: dict[str, Any], exc: BaseException
     ) -> float | None: ...
 
 
