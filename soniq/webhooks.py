@@ -272,8 +272,10 @@ class WebhookOutbox(Subscriber):
         return [_event("job.started", _claimed(job, "processing"))]
 
     def on_finished(self, job: ClaimedJob, outcome: Outcome, duration: float) -> list[Record]:
-        held = job.lease
+        held, wanted = job.lease, self.wanted
         if isinstance(outcome, Done):
+            if "job.completed" not in wanted:  # the common case of failure-only webhooks
+                return []
             done = _claimed(job, "done", duration_ms=round(duration * 1000, 3))
             return self._only([_event("job.completed", done, held)])
         if isinstance(outcome, Retry):
