@@ -71,7 +71,7 @@ class OutboxEvent:
     """
 
     event: str
-    job_id: str
+    job_id: str | None  # None: a custom event (``send_webhook``) about no job
     payload_json: str
     lease: str | None = None
 

@@ -359,6 +359,9 @@ def _body(d: PendingDelivery) -> bytes:
         "event": d.event, "delivery_id": d.id, "timestamp": stored.get("timestamp"),
         "job": stored.get("job"),
     }  # fmt: skip
+    for key in ("data", "metadata"):  # send_webhook's custom events
+        if key in stored:
+            body[key] = stored[key]
     return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
@@ -388,6 +391,7 @@ class Webhooks:
     def __init__(self, app: Soniq, outbox: WebhookOutbox) -> None:
         self._app = app
         self.outbox = outbox
+        self._sender: asyncio.Task[None] | None = None
 
     # Delivery tuning, read by the workers of this instance.
     @property
@@ -413,8 +417,15 @@ class Webhooks:
         secret: str | None = None,
         *,
         allow_private: bool = False,
+        **extra: Any,
     ) -> str:
-        """Register an endpoint for ``events`` (None = all); returns its id."""
+        """Register an endpoint for ``events`` (None = all); returns its id.
+
+        ``**extra`` accepts the published package's other options, which have no
+        effect here (delivery tuning is per instance: ``max_attempts``, ``retry_delay``).
+        """
+        if extra:
+            log.warning("Webhook options %s have no effect in Soniq; ignored", sorted(extra))
         names = normalize_events(events)
         await check_url(url, allow_private=allow_private, resolve=self.outbox.resolve)
         await self._app.ensure_initialized()
@@ -460,6 +471,57 @@ class Webhooks:
             while sent := await self.outbox.dispatch(self._app.backend, client):
                 total += sent
         return total
+
+    # --- the published package's sender API ------------------------------------------
+    async def start(self) -> None:
+        """Also deliver from this process (workers always do); for processes without one."""
+        if self._sender is None or self._sender.done():
+            await self._app.ensure_initialized()
+            await self._refresh()
+            self._sender = asyncio.create_task(
+                self.outbox.run(self._app.backend, self._app.settings), name="soniq-webhooks"
+            )
+
+    async def stop(self) -> None:
+        """Stop delivering from this process (what is queued stays for the workers)."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def send_webhook(
+        self,
+        event: str | WebhookEvent,
+        data: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue a custom event for every endpoint that wants ``event`` (outbox, retried).
+
+        The body carries ``data`` and ``metadata`` next to the usual keys; ``job`` is
+        ``data["job"]`` when given. Unlike the published package, it is never dropped for
+        want of ``start()``: any worker delivers it.
+        """
+        name = str(event.value if isinstance(event, WebhookEvent) else event)
+        name = ALIASES.get(name, name)
+        payload = {
+            "timestamp": int(time.time()), "job": data.get("job"), "data": data,
+            "metadata": metadata,
+        }  # fmt: skip
+        job_id = canonical_id(data.get("job_id") or (data.get("job") or {}).get("id"))
+        record = OutboxEvent(name, job_id, json.dumps(payload, default=str))
+        await self._app.ensure_initialized()
+        await self._app.backend.observe_write([record])
+
+    async def get_delivery_stats(self, hours: float = 24) -> dict[str, Any]:
+        """Deliveries created in the last ``hours``: counts per status and the success rate."""
+        await self._app.ensure_initialized()
+        since = datetime.now(timezone.utc) - timedelta(hours=hours)
+        counts = await self._app.backend.webhook_delivery_counts(since)
+        stats: dict[str, Any] = {s: counts.get(s, 0) for s in ("pending", "delivered", "failed")}
+        stats["total"] = sum(counts.values())
+        settled = stats["delivered"] + stats["failed"]
+        stats["success_rate"] = stats["delivered"] / settled if settled else None
+        return stats
 
     async def _refresh(self) -> None:
         await self._app.events.refresh(self._app.backend, force=True)

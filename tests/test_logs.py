@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from soniq import JobContext, Soniq
@@ -202,3 +205,16 @@ async def test_logs_from_a_real_worker_process(pg_url: str, tmp_path: Path) -> N
         proc.stop()
         await producer.close()
     assert "invoice 7 rendered" not in proc.output  # the console kept its WARNING threshold
+    shown = _inspect(env, "--job", job_id)
+    assert "INFO" in shown and "billing: invoice 7 rendered by pid-logged worker" in shown
+    data = json.loads(_inspect(env, "--job", job_id, "--json"))
+    assert [r["message"] for r in data["logs"]] == ["invoice 7 rendered by pid-logged worker"]
+
+
+def _inspect(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "soniq", "inspect", *args], env={**env, "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout

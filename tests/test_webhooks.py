@@ -477,3 +477,36 @@ async def test_a_sigkilled_worker_mid_delivery_still_delivers(
         assert len({r["headers"]["X-Webhook-Delivery"] for r in receiver.requests}) == 1
     finally:
         await app.close()
+
+
+# --- the published package's webhook API -------------------------------------------------
+
+
+async def test_published_sender_api(hooked: Soniq, receiver: Receiver) -> None:
+    """start()/stop() deliver from a process without a worker; send_webhook queues a custom
+    event; get_delivery_stats counts; register() accepts the published extra options."""
+    from soniq.features.webhooks import WebhookEvent as PublishedEvent
+
+    assert PublishedEvent is WebhookEvent
+    app = hooked
+    receiver.statuses = [410]  # the first delivery fails for good (a 4xx is not retried)
+    hook_id = await app.webhooks.register(
+        receiver.url, secret=SECRET, allow_private=True, description="ignored", max_retries=9
+    )
+    await app.webhooks.send_webhook(WebhookEvent.JOB_COMPLETED, {"job_id": "x", "n": 1})
+    await app.webhooks.send_webhook("deploy.finished", {"version": "1.2"}, metadata={"by": "ci"})
+    await app.webhooks.start()
+    try:
+        await wait_until(lambda: _statuses(app, hook_id, {"delivered", "failed"}), message="sent")
+    finally:
+        await app.webhooks.stop()
+    bodies = {json.loads(r["body"])["event"]: json.loads(r["body"]) for r in receiver.requests}
+    assert bodies["deploy.finished"]["data"] == {"version": "1.2"}
+    assert bodies["deploy.finished"]["metadata"] == {"by": "ci"}
+    assert bodies["job.completed"]["data"]["n"] == 1
+    for request in receiver.requests:
+        check_signatures(request)
+    stats = await app.webhooks.get_delivery_stats(hours=1)
+    assert stats["total"] == 2 and stats["delivered"] == 1 and stats["failed"] == 1
+    assert stats["pending"] == 0 and stats["success_rate"] == 0.5
+    assert (await app.webhooks.get_delivery_stats(hours=0))["total"] == 0

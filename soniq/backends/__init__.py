@@ -276,6 +276,9 @@ class StorageBackend(Protocol):
 
     async def webhook_settle(self, results: Sequence[DeliveryResult]) -> None: ...
 
+    async def webhook_delivery_counts(self, since: datetime) -> dict[str, int]:
+        """Deliveries created at or after ``since``, per status."""
+
     async def job_logs(self, job_id: str) -> list[JobLogEntry]:
         """A job's log records in the order they were emitted."""
 

@@ -638,6 +638,10 @@ class PostgresBackend:
                     for f in ("id", "status", "response_code", "error", "retry_at")]  # fmt: skip
             await self.pool.execute(q.WEBHOOK_SETTLE, *cols)
 
+    async def webhook_delivery_counts(self, since: datetime) -> dict[str, int]:
+        rows = await self.pool.fetch(q.WEBHOOK_DELIVERY_COUNTS, since)
+        return {r[0]: int(r[1]) for r in rows}
+
     async def job_logs(self, job_id: str) -> list[JobLogEntry]:
         return [_log_entry(r) for r in await self.pool.fetch(q.JOB_LOGS_FOR_JOB, job_id)]
 

@@ -672,6 +672,10 @@ class SQLiteBackend:
         async with self._write() as conn:
             await conn.executemany(q.WEBHOOK_SETTLE, rows)
 
+    async def webhook_delivery_counts(self, since: datetime) -> dict[str, int]:
+        rows = await self._fetch(q.WEBHOOK_DELIVERY_COUNTS, {"since": _us(since)})
+        return {r[0]: int(r[1]) for r in rows}
+
     async def job_logs(self, job_id: str) -> list[JobLogEntry]:
         return [_log_entry(r) for r in await self._fetch(q.JOB_LOGS_FOR_JOB, {"job_id": job_id})]
 

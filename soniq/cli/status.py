@@ -231,6 +231,7 @@ class Inspection:
     schedules: list[Schedule] | None = None
     job: dict[str, Any] | None = None  # --job: one job's state and progress
 
+    logs: list[dict[str, Any]] | None = None  # --job: what it logged (app.logs)
 
 async def collect_inspection(
     app: Soniq, cleanup: bool, schedules: bool, job_id: str | None = None
@@ -251,6 +252,7 @@ async def collect_inspection(
                 f"No job {job_id}; check the id (it may have been pruned after result_ttl)"
             )
     return found
+        found.logs = await app.logs.job_logs(job_id)
 
 
 @click.command()
@@ -283,10 +285,12 @@ def inspect(
         if found.job is not None:
             data["job"] = found.job
         echo_json(data)
+            data["logs"] = found.logs or []
         return
     if found.job is not None:
         print_job(io, found.job)
     if found.recovered is not None:
+        print_job_logs(io, found.logs or [])
         io.line(
             f"Cleanup: removed {found.removed} stale workers, recovered {found.recovered} jobs."
         )
@@ -332,6 +336,22 @@ def print_job(io: Io, job: dict[str, Any]) -> None:
 
 
 def _every(seconds: float) -> str:
+LOG_LINES = 20
+
+
+def print_job_logs(io: Io, logs: list[dict[str, Any]]) -> None:
+    """The job's last log records (all of them: ``--json``, or ``app.logs.job_logs``)."""
+    if not logs:
+        io.line("Logs:      none")
+        return
+    shown = logs[-LOG_LINES:]
+    more = len(logs) > len(shown)
+    io.line(f"Logs: (last {len(shown)} of {len(logs)}; --json for all)" if more else "Logs:")
+    for r in shown:
+        stamp, text = fmt_time(r["timestamp"]), escape(r["message"])
+        io.line(f"  {stamp} {r['level']:<8} {r['logger']}: {text}")
+
+
     """``30s``, ``1.5s``, ``10m``, ``1h``, ``1h 30m``."""
     if seconds < 60 or seconds != int(seconds):
         return f"{seconds:g}s"

@@ -988,8 +988,10 @@ WHERE schedule_type = 'cron'
        AND schedule_value::double precision > 0)
 ON CONFLICT (name) DO NOTHING
 """
-# Active endpoints. Their ids were free text: a non-UUID id maps to a stable UUID. The
-# published package had no SSRF guard, so private targets stay allowed for these.
+# Active endpoints without a secret (it stored secrets encrypted with its own key, which
+# cannot be carried over: those are counted and reported instead, to register again).
+# Their ids were free text: a non-UUID id maps to a stable UUID. The published package
+# had no SSRF guard, so private targets stay allowed for these.
 ADOPT_COPY_WEBHOOKS = """
 INSERT INTO soniq_webhooks (id, url, events, secret, allow_private, created_at)
 SELECT CASE WHEN id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
@@ -1001,6 +1003,10 @@ SELECT CASE WHEN id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 FROM soniq_published.soniq_webhook_endpoints
 WHERE COALESCE(active, true)
 ON CONFLICT (id) DO NOTHING
+"""
+ADOPT_WEBHOOKS_WITH_SECRET = """
+SELECT count(*) FROM soniq_published.soniq_webhook_endpoints
+WHERE COALESCE(active, true) AND secret IS NOT NULL
 """
 ADOPT_STEP = "0000_adopt_published"
 """Recorded in soniq_migrations (and reported by setup) when a published database was adopted."""
@@ -1025,4 +1031,9 @@ WITH src AS (
     FROM src WHERE d.id = src.id
 )
 SELECT ins.id, pg_notify('{CHANNEL}', ins.queue) FROM ins
+"""
+
+# Per-status counts for app.webhooks.get_delivery_stats (observability section above).
+WEBHOOK_DELIVERY_COUNTS = """
+SELECT status, count(*)::bigint FROM soniq_webhook_deliveries WHERE created_at >= $1 GROUP BY 1
 """

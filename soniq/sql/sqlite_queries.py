@@ -641,3 +641,8 @@ SELECT :new_id, job_name, args, COALESCE(:queue, queue), COALESCE(:priority, pri
 FROM soniq_dead_letter_jobs WHERE id = :dead_id
 RETURNING queue
 """
+
+# Per-status counts for app.webhooks.get_delivery_stats (observability section above).
+WEBHOOK_DELIVERY_COUNTS = """
+SELECT status, count(*) FROM soniq_webhook_deliveries WHERE created_at >= :since GROUP BY 1
+"""

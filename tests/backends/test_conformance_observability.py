@@ -131,6 +131,9 @@ async def test_deliveries_are_claimed_once_and_settled(soniq_app: Soniq) -> None
     [again] = await b.webhook_claim(10, 30.0)  # the retry is due again, same delivery
     assert again.id == first[1].id and again.attempts == 2
     assert len(await b.webhook_deliveries(target.id, 1)) == 1
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    assert await b.webhook_delivery_counts(hour_ago) == {"delivered": 1, "pending": 1, "failed": 1}
+    assert await b.webhook_delivery_counts(datetime.now(UTC) + timedelta(hours=1)) == {}
     await b.webhook_remove(target.id)
     assert await b.webhook_deliveries(None, 10) == []  # deliveries go with their endpoint
 
