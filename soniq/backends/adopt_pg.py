@@ -42,6 +42,7 @@ class Adoption:
 
     active: bool = False
     copied: dict[str, int] = field(default_factory=dict)
+    webhooks_with_secret: int = 0
 
 
 async def is_published_schema(conn: Any) -> bool:
@@ -66,12 +67,25 @@ async def adoption(conn: Any) -> AsyncIterator[Adoption]:
             if await conn.fetchval(q.ADOPT_TABLE_PRESENT, table):
                 status = await conn.execute(sql)
                 result.copied[label] = int(status.rsplit(" ", 1)[-1])
+        if await conn.fetchval(q.ADOPT_TABLE_PRESENT, "soniq_webhook_endpoints"):
+            result.webhooks_with_secret = await conn.fetchval(q.ADOPT_WEBHOOKS_WITH_SECRET)
         await conn.execute(q.MIGRATION_RECORD, q.ADOPT_STEP)
     log.warning(
         "Adopted a database of the published soniq package: copied %s. Its original tables "
         "are kept in the schema soniq_published; drop them with "
-        "`DROP SCHEMA soniq_published CASCADE` once you no longer need them.",
+        "`DROP SCHEMA soniq_published CASCADE` once you no longer need them.%s",
         ", ".join(f"{n} {label}" for label, n in result.copied.items()) or "nothing",
+        _secret_note(result.webhooks_with_secret),
+    )
+
+
+def _secret_note(count: int) -> str:
+    if not count:
+        return ""
+    return (
+        f" {count} webhook endpoint(s) with a secret were not copied: the published package "
+        "stored secrets encrypted with its own key. Register them again with "
+        "`await app.webhooks.register(url, events=..., secret=...)`."
     )
 
 

@@ -54,9 +54,10 @@ def setup(database_url: str | None) -> None:
             )
         if "0000_adopt_published" in report.applied:
             io.line(
-                "Adopted a database of the published soniq package: its queued jobs, dead "
-                "letters, schedules and webhooks were copied; its own tables are kept in the "
-                "schema soniq_published (DROP SCHEMA soniq_published CASCADE when done)."
+                "Adopted a database of the published soniq package: its jobs, dead letters, "
+                "schedules and webhooks without a secret were copied (register webhooks with "
+                "a secret again); its own tables are kept in the schema soniq_published "
+                "(DROP SCHEMA soniq_published CASCADE when done)."
             )
         else:
             io.line(

@@ -1001,7 +1001,7 @@ SELECT CASE WHEN id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
             THEN ARRAY(SELECT jsonb_array_elements_text(events)) END,
        secret, true, COALESCE(created_at, now())
 FROM soniq_published.soniq_webhook_endpoints
-WHERE COALESCE(active, true)
+WHERE COALESCE(active, true) AND secret IS NULL
 ON CONFLICT (id) DO NOTHING
 """
 ADOPT_WEBHOOKS_WITH_SECRET = """
