@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -389,49 +390,84 @@ async def own_url(own_pg: PgServer) -> str:
     return url
 
 
-async def test_postgres_restart_mid_drain(own_pg: PgServer, own_url: str, tmp_path: Path) -> None:
-    async with chaos_on(own_url, tmp_path, CHAOS_MARK_DIR=str(tmp_path)) as c:
-        slow = await c.enqueue([{"n": 10_000 + i, "sleep": 2.5} for i in range(2)])
-        ids = await c.enqueue([{"n": i, "sleep": 0.05} for i in range(300)])
-        a = c.procs.start(CHAOS_CONCURRENCY="4")
-        b = c.procs.start(CHAOS_CONCURRENCY="4")
-        await wait_until(lambda: _runs_of(c, slow, 2), timeout=30, message="both slow jobs run")
-        for proc in (a, b):
-            await wait_until(lambda p=proc: c.registered(p), timeout=30, message="both workers up")
+SCHEDULER_JOBS = """
+import os
+from soniq import Soniq
 
-        await asyncio.to_thread(own_pg.stop, "fast")  # the outage begins
-        down_at = time.monotonic()
-        with pytest.raises(DatabaseUnavailableError, match="retryable: enqueue again"):
-            await c.producer.enqueue("chaos.run", args={"n": -1})  # a producer already open
-        producer = stub_producer(own_url)
-        with pytest.raises(DatabaseUnavailableError, match="Check that the server is running"):
-            await producer.enqueue("chaos.run", args={"n": -2})  # one opening its pool now
-        # The slow jobs finish while the database is away: their outcomes wait in the workers.
-        await wait_until(
-            lambda: all((tmp_path / f"finished-{10_000 + i}").exists() for i in range(2)),
-            timeout=20, message="the slow jobs finishing during the outage",
-        )  # fmt: skip
-        await wait_until(
-            lambda: "job outcomes failed" in c.procs.log(a) + c.procs.log(b), timeout=20,
-            message="outcomes waiting to be written",
-        )  # fmt: skip
-        await asyncio.to_thread(own_pg.start)
-        up_at = time.monotonic()
-        done_before = (await settled(own_url, ids + slow))[0]
-        await wait_until(
-            lambda: _done_beyond(own_url, ids + slow, done_before), timeout=30,
-            message="a job done after the restart",
-        )  # fmt: skip
-        resume = time.monotonic() - up_at
-        late = await producer.enqueue("chaos.run", args={"n": 999})  # enqueue works again
-        await producer.close()
-        assert await c.settle([*ids, *slow, late], timeout=60) == (303, 0)  # 0 lost
-        counts = await run_counts(own_url, slow)
-        assert [counts[j][0] for j in slow] == [1, 1], "an outcome computed offline was lost"
-        assert [await _result(own_url, j) for j in slow] == [10_000, 10_001]
-        assert a.poll() is None and b.poll() is None
-        print(f"restart: outage {up_at - down_at:.1f}s, first job done {resume:.2f}s after start")
-        assert resume < 10
+app = Soniq(database_url=os.environ["SONIQ_DATABASE_URL"])
+
+
+@app.job(name="chaos.run", retries=3)
+async def run(n: int, ctx=None, sleep: float = 0.0, fail: bool = False, first_only: bool = False):
+    raise AssertionError("the chaos workers run it")
+"""
+SCHEDULED_DONE = (
+    "SELECT count(*) FROM soniq_jobs WHERE dedup_key LIKE 'schedule:chaos-tick:%' "
+    "AND status = 'done'"
+)
+
+
+async def test_postgres_restart_mid_drain(own_pg: PgServer, own_url: str, tmp_path: Path) -> None:
+    (tmp_path / "chaos_jobs.py").write_text(SCHEDULER_JOBS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIQ_")}
+    env.update(SONIQ_DATABASE_URL=own_url, SONIQ_JOBS_MODULES="chaos_jobs")
+    scheduler = SoniqProcess(["scheduler", "--tick", "0.2"], env, tmp_path)
+    try:
+        async with chaos_on(own_url, tmp_path, CHAOS_MARK_DIR=str(tmp_path)) as c:
+            await _restart_drill(c, own_pg, scheduler, tmp_path)
+    finally:
+        scheduler.kill()
+
+
+async def _restart_drill(c: Chaos, server: PgServer, scheduler: SoniqProcess, marks: Path) -> None:
+    await c.producer.scheduler.add("chaos.run", every=1, args={"n": 5000}, name="chaos-tick")
+    a, b = c.procs.start(CHAOS_CONCURRENCY="4"), c.procs.start(CHAOS_CONCURRENCY="4")
+    for proc in (a, b):
+        await wait_until(lambda p=proc: c.registered(p), timeout=30, message="workers up")
+    await wait_until(lambda: c.value(SCHEDULED_DONE), timeout=30, message="a scheduled run")
+    slow = await c.enqueue([{"n": 10_000 + i, "sleep": 2.5} for i in range(2)])
+    ids = await c.enqueue([{"n": i, "sleep": 0.05} for i in range(300)])
+    await wait_until(lambda: _runs_of(c, slow, 2), timeout=30, message="both slow jobs run")
+
+    await asyncio.to_thread(server.stop, "fast")  # the outage begins
+    down_at = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match="retryable: enqueue again"):
+        await c.producer.enqueue("chaos.run", args={"n": -1})  # a producer already open
+    producer = stub_producer(c.url)
+    with pytest.raises(DatabaseUnavailableError, match="Check that the server is running"):
+        await producer.enqueue("chaos.run", args={"n": -2})  # one opening its pool now
+    # The slow jobs finish while the database is away: their outcomes wait in the workers.
+    await wait_until(
+        lambda: all((marks / f"finished-{10_000 + i}").exists() for i in range(2)),
+        timeout=20, message="the slow jobs finishing during the outage",
+    )  # fmt: skip
+    await wait_until(
+        lambda: "job outcomes failed" in c.procs.log(a) + c.procs.log(b), timeout=20,
+        message="outcomes waiting to be written",
+    )  # fmt: skip
+    await asyncio.to_thread(server.start)
+    up_at = time.monotonic()
+    done_before = (await settled(c.url, ids + slow))[0]
+    await wait_until(
+        lambda: _done_beyond(c.url, ids + slow, done_before), timeout=30,
+        message="a job done after the restart",
+    )  # fmt: skip
+    resume = time.monotonic() - up_at
+    late = await producer.enqueue("chaos.run", args={"n": 999})  # enqueue works again
+    await producer.close()
+    assert await c.settle([*ids, *slow, late], timeout=60) == (303, 0)  # 0 lost
+    counts = await run_counts(c.url, slow)
+    assert [counts[j][0] for j in slow] == [1, 1], "an outcome computed offline was lost"
+    assert [await _result(c.url, j) for j in slow] == [10_000, 10_001]
+    assert a.poll() is None and b.poll() is None
+    fired = await c.value(SCHEDULED_DONE)  # the scheduler is back too
+    await wait_until(
+        lambda: _at_least(c, SCHEDULED_DONE, fired + 2), timeout=30,
+        message="scheduled runs after the restart",
+    )  # fmt: skip
+    scheduler.assert_alive()
+    print(f"restart: outage {up_at - down_at:.1f}s, first job done {resume:.2f}s after start")
+    assert resume < 10
 
 
 async def test_pg_terminate_backend_storm(own_url: str, tmp_path: Path) -> None:
@@ -451,6 +487,10 @@ async def test_pg_terminate_backend_storm(own_url: str, tmp_path: Path) -> None:
         assert all(w.poll() is None for w in workers)
         logs = "".join(c.procs.log(w) for w in workers)
         assert "LISTEN connection re-established" in logs
+
+
+async def _at_least(c: Chaos, sql: str, n: int) -> bool:
+    return bool(await c.value(sql) >= n)
 
 
 async def _runs_of(c: Chaos, ids: list[str], n: int) -> bool:
