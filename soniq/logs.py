@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from soniq.settings import SoniqSettings
 
 MAX_RECORDS = 1000
+SUMMARY_LIMIT = 10_000  # records get_error_summary reads at most
 MAX_BYTES = 256 * 1024
 TRUNCATED = "truncated: more than {records} records or {kib} KiB were logged; the rest is dropped"
 
@@ -183,13 +185,18 @@ class JobLogCapture(Subscriber):
         if self._handler is not None:
             root.removeHandler(self._handler)
             self._handler = None
-        if self._lowered is not None:
-            previous, filters = self._lowered
-            for handler, keep in filters:
-                handler.removeFilter(keep)
-            if root.level == self.level:
-                root.setLevel(previous)
-            self._lowered = None
+        lowered, self._lowered = self._lowered, None
+        if lowered is None:
+            return
+        heir = next((h.owner for h in root.handlers if isinstance(h, _Handler)), None)
+        if heir is not None and heir._lowered is None:
+            heir._lowered = lowered  # another instance's worker still captures: it restores
+            return
+        previous, filters = lowered
+        for handler, keep in filters:
+            handler.removeFilter(keep)
+        if root.level <= self.level:
+            root.setLevel(previous)
 
 
 class JobLogs:
@@ -235,3 +242,15 @@ class JobLogs:
             limit=limit,
         )  # fmt: skip
         return [e.to_dict() for e in entries]
+
+    async def get_error_summary(self, hours: float = 24) -> dict[str, Any]:
+        """ERROR-and-worse records of the last ``hours`` (the published package's helper):
+        ``total``, counts ``by_logger`` and the ten most frequent first lines."""
+        records = await self.search_logs("", level="ERROR", hours=hours, limit=SUMMARY_LIMIT)
+        lines = Counter(r["message"].splitlines()[0] if r["message"] else "" for r in records)
+        return {
+            "hours": hours,
+            "total": len(records),
+            "by_logger": dict(Counter(r["logger"] for r in records)),
+            "top_messages": [{"message": m, "count": n} for m, n in lines.most_common(10)],
+        }

@@ -88,10 +88,32 @@ async def test_search_logs_filters_and_orders_newest_first(app: Soniq) -> None:
     assert len(await app.logs.search_logs("payment", limit=1)) == 1
     assert await app.logs.search_logs("payment", hours=0) == []
     assert await app.logs.search_logs("payment", job_id="nope") == []
+    summary = await app.logs.get_error_summary(hours=1)
+    assert summary["total"] == 1 and summary["by_logger"] == {"tests.logs.search": 1}
+    assert summary["top_messages"] == [{"message": "Payment 2 FAILED", "count": 1}]
     # A dead-lettered job keeps its logs.
     dead = await app.get_job(second)
     assert dead is not None and dead["status"] == "dead_letter"
     assert len(await app.logs.job_logs(second)) == 2
+
+
+def test_two_captures_restore_the_root_level_once_both_stop() -> None:
+    from soniq.logs import JobLogCapture
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        a, b = JobLogCapture(logging.INFO), JobLogCapture(logging.INFO)
+        a.install()
+        b.install()
+        assert root.level == logging.INFO
+        a.uninstall()  # b still runs: its jobs' INFO records must still be captured
+        assert root.level == logging.INFO
+        b.uninstall()
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)
 
 
 async def test_logs_outside_jobs_are_not_captured_and_quiet_jobs_write_nothing(app: Soniq) -> None:
