@@ -292,3 +292,23 @@ def test_a_broken_plugin_is_one_clear_error(tmp_path: Path) -> None:
     assert "Loading Soniq plugin 'broken'" in result.stderr and "zzz" in result.stderr
     assert "Traceback" not in result.stderr
     assert textwrap.dedent(result.stderr).count("error:") == 1
+
+
+async def test_panels_are_served_by_the_dashboard_api() -> None:
+    import httpx
+
+    from soniq.dashboard import create_dashboard_app
+
+    app = Soniq(backend="memory")
+    app.use(JobsPlugin())
+    web = create_dashboard_app(app, allowed_hosts=["*"])
+    transport = httpx.ASGITransport(app=web, client=("127.0.0.1", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        listed = await client.get("/api/panels")
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == {"panels": [{"id": "jobs", "title": "Jobs plugin"}]}
+        one = await client.get("/api/panels/jobs")
+        assert one.json() == {"id": "jobs", "title": "Jobs plugin", "content": {"registered": 1}}
+        missing = await client.get("/api/panels/nope")
+        assert missing.status_code == 404 and "No dashboard panel" in missing.json()["detail"]
+    await app.close()

@@ -107,6 +107,20 @@ async def health(ctx: Context, request: Request) -> Any:
     return {**await data.health(ctx.soniq), "version": soniq.__version__}
 
 
+# Plugin panels (app.dashboard.add_panel, soniq/plugin.py), at the published paths.
+async def list_panels(ctx: Context, request: Request) -> Any:
+    return {"panels": [{"id": p.id, "title": p.title} for p in ctx.soniq.dashboard.panels]}
+
+
+async def get_panel(ctx: Context, request: Request) -> Any:
+    panel_id = request.path_params["panel_id"]
+    spec = ctx.soniq.dashboard.get_panel(panel_id)
+    if spec is None:
+        raise data.NotFound(f"No dashboard panel {panel_id!r}; GET /api/panels lists them.")
+    content = await spec.render(ctx.soniq)
+    return {"id": spec.id, "title": spec.title, "content": content}
+
+
 # --- writes -------------------------------------------------------------------------
 
 
@@ -211,6 +225,8 @@ ENDPOINTS = (
              write=True),
     Endpoint("GET", "/metrics", "Timeline plus totals (published API).", get_metrics, _HOURS),
     Endpoint("GET", "/system/health", "Database reachable?", health),
+    Endpoint("GET", "/panels", "Panels plugins added.", list_panels),
+    Endpoint("GET", "/panels/{panel_id}", "One plugin panel, rendered.", get_panel),
 )  # fmt: skip
 
 

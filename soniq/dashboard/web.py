@@ -183,7 +183,7 @@ def failure(exc: Exception) -> tuple[int, str] | None:
     if isinstance(exc, params.BadRequest):
         return 422, exc.message
     if isinstance(exc, SoniqError):
-        return 503, f"{exc} (the dashboard could not reach Soniq's database)"
+        return 503, f"{exc.message} (the dashboard could not reach Soniq's database)"
     return None
 
 
