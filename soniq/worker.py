@@ -40,6 +40,7 @@ from soniq.core.retry import ExponentialBackoff, RetryPolicy
 from soniq.errors import (
     JobCancelledError,
     JobTimeoutError,
+    JobValidationError,
     SnoozeLimitError,
     WorkerError,
     describe_error,
@@ -320,6 +321,8 @@ class Worker:
                 failure = _too_many_snoozes(job, definition)
             if hooks.on_error:
                 await hooks.run("on_error", ctx, failure.exc)
+            if isinstance(failure.exc, _InvalidArguments):  # no retry can fix the arguments
+                return Fail(failure.error, None)
             return self._failed(job, definition, failure.error, failure.tb)
         if self._cancel_requested and job.id in self._cancel_requested:
             return await self._stopped(ctx)  # a sync handler that saw ctx.cancelled
@@ -333,6 +336,8 @@ class Worker:
         kwargs = job.args
         if META_KEY in kwargs:  # trace context or sealed arguments: not the handler's
             kwargs = self._open_args(kwargs)
+        if definition.args_model is not None:  # validate=: refused rows never run
+            _validate_args(definition, kwargs)
         if definition.context_param is not None:
             kwargs = {**kwargs, definition.context_param: ctx}
         timeout = definition.timeout if definition.timeout is not None else self._timeout_default
@@ -758,6 +763,21 @@ def _in_daemon_thread(
 def _is_async(registry: JobRegistry, name: str) -> bool:
     definition = registry.get(name)
     return definition is None or definition.is_async
+
+
+class _InvalidArguments(JobValidationError):
+    """A claimed row's arguments fail its handler's ``validate=`` model (a producer that
+    skipped the check: another service, ``enqueue_validation``): dead-lettered at once."""
+
+
+def _validate_args(definition: JobDefinition, kwargs: dict[str, Any]) -> None:
+    model = definition.args_model
+    assert model is not None
+    try:
+        model.model_validate(kwargs)
+    except Exception as exc:  # noqa: BLE001 - any model error, pydantic or custom
+        error = _InvalidArguments(f"Invalid arguments for {definition.name}: {exc}")
+        raise _Attempt(f"Invalid arguments: {exc}", None, error) from None
 
 
 def _describe(exc: BaseException) -> str:

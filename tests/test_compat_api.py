@@ -499,3 +499,29 @@ async def test_queue_stats_list_also_answers_aggregate_keys(soniq_app: Soniq) ->
     assert (stats["queued"], stats["total"], stats[1]["queued"]) == (3, 3, 2)
     with pytest.raises(KeyError):
         stats["nonsense"]
+
+
+async def test_worker_side_validate_dead_letters_at_once(pg_url: str) -> None:
+    from pydantic import BaseModel
+
+    class Charge(BaseModel):
+        order_id: int
+
+    producer = Soniq(database_url=pg_url, enqueue_validation="none", pool_min_size=1)
+    consumer = Soniq(database_url=pg_url, pool_min_size=1)
+    ran: list[int] = []
+
+    @consumer.job(name="billing.charge", validate=Charge, retries=3)
+    async def charge(order_id: int) -> None:
+        ran.append(order_id)
+
+    bad = await producer.enqueue("billing.charge", args={"order_id": "not a number"})
+    good = await producer.enqueue("billing.charge", args={"order_id": 7})
+    await consumer.run_worker(run_once=True)
+    assert ran == [7]
+    record = await consumer.dead_letter.get_dead_letter_job(bad)
+    assert record is not None and record.attempts == 1  # no retry could fix it
+    assert record.dead_letter_reason == "invalid_arguments"
+    assert (await consumer.get_job(good) or {})["status"] == "done"
+    await producer.close()
+    await consumer.close()
