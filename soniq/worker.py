@@ -487,11 +487,13 @@ class Worker:
             return
         try:
             await self.backend.ack_observed(batch, records, result_ttl=ttl)
-        else:
+        except Exception as exc:  # noqa: BLE001
+            # Outcomes never wait on a feature's rows: write them alone. If that works the
+            # rows were at fault and are dropped; if not, the database is, and _flush retries.
             await self.backend.ack(batch, result_ttl=ttl)
+            log.error("Dropped %d webhook/log records (%s)", len(records), exc)
 
     # --- start, side loops, shutdown --------------------------------------
-            log.error("Dropped %d webhook/log records (%s)", len(records), exc)
     def _check_capacity(self, concurrency: int) -> None:
         """Let the backend make room for ``concurrency`` jobs before it opens (a pool size)."""
         if concurrency < 1:

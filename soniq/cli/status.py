@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 import soniq
@@ -230,8 +231,8 @@ class Inspection:
     removed: int = 0
     schedules: list[Schedule] | None = None
     job: dict[str, Any] | None = None  # --job: one job's state and progress
-
     logs: list[dict[str, Any]] | None = None  # --job: what it logged (app.logs)
+
 
 async def collect_inspection(
     app: Soniq, cleanup: bool, schedules: bool, job_id: str | None = None
@@ -251,8 +252,8 @@ async def collect_inspection(
             raise click.ClickException(
                 f"No job {job_id}; check the id (it may have been pruned after result_ttl)"
             )
-    return found
         found.logs = await app.logs.job_logs(job_id)
+    return found
 
 
 @click.command()
@@ -284,13 +285,13 @@ def inspect(
         data = _inspection_json(found, workers, schedules)
         if found.job is not None:
             data["job"] = found.job
-        echo_json(data)
             data["logs"] = found.logs or []
+        echo_json(data)
         return
     if found.job is not None:
         print_job(io, found.job)
-    if found.recovered is not None:
         print_job_logs(io, found.logs or [])
+    if found.recovered is not None:
         io.line(
             f"Cleanup: removed {found.removed} stale workers, recovered {found.recovered} jobs."
         )
@@ -335,7 +336,6 @@ def print_job(io: Io, job: dict[str, Any]) -> None:
         io.line(f"Error:     {job['last_error']}")
 
 
-def _every(seconds: float) -> str:
 LOG_LINES = 20
 
 
@@ -352,6 +352,7 @@ def print_job_logs(io: Io, logs: list[dict[str, Any]]) -> None:
         io.line(f"  {stamp} {r['level']:<8} {r['logger']}: {text}")
 
 
+def _every(seconds: float) -> str:
     """``30s``, ``1.5s``, ``10m``, ``1h``, ``1h 30m``."""
     if seconds < 60 or seconds != int(seconds):
         return f"{seconds:g}s"
