@@ -432,12 +432,17 @@ class Soniq:
         dead = await self.backend.dead_letter_get(str(job_id))
         return dead.as_job_dict() if dead is not None else None
 
-    async def get_result(self, job_id: str) -> Any:
-        """The return value of a completed job, else ``None``."""
+    async def get_result(self, job_id: str, *, result_model: type[Any] | None = None) -> Any:
+        """The return value of a completed job, else ``None``.
+
+        ``result_model`` rebuilds the stored JSON as that type (a pydantic model, a
+        dataclass, ...), as the published package did.
+        """
         job = await self.get_job(job_id)
         if job is None or job["status"] != JobStatus.DONE.value:
             return None
-        return job.get("result")
+        result = job.get("result")
+        return result if result_model is None else rebuild(result_model, result)
 
     async def get_job_status(self, job_id: str) -> dict[str, Any] | None:
         """``{"status": ..., "result": ..., "job_name": ..., ...}`` or ``None``."""
@@ -662,6 +667,16 @@ class Soniq:
 
     def __repr__(self) -> str:
         return f"Soniq(backend={self.backend.name!r}, url={mask_url(self.database_url)!r})"
+
+
+def rebuild(model: type[Any], value: Any) -> Any:
+    """``value`` (stored JSON) as ``model``: ``model_validate``, else keywords, else one value."""
+    if value is None:
+        return None
+    validate = getattr(model, "model_validate", None)
+    if callable(validate):
+        return validate(value)
+    return model(**value) if isinstance(value, dict) else model(value)
 
 
 def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:

@@ -525,3 +525,27 @@ async def test_worker_side_validate_dead_letters_at_once(pg_url: str) -> None:
     assert (await consumer.get_job(good) or {})["status"] == "done"
     await producer.close()
     await consumer.close()
+
+
+async def test_get_result_rebuilds_a_result_model(soniq_app: Soniq) -> None:
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    class Invoice(BaseModel):
+        number: int
+
+    @dataclass
+    class Total:
+        amount: int
+
+    @soniq_app.job(name="billing.invoice")
+    async def invoice() -> dict[str, int]:
+        return {"number": 7, "amount": 7}
+
+    job_id = await soniq_app.enqueue(invoice)
+    await soniq_app.run_worker(run_once=True)
+    assert await soniq_app.get_result(job_id, result_model=Invoice) == Invoice(number=7)
+    assert await soniq_app.get_result(job_id, result_model=dict) == {"number": 7, "amount": 7}
+    with pytest.raises(TypeError):
+        await soniq_app.get_result(job_id, result_model=Total)  # 'number' is no field of Total
