@@ -130,45 +130,54 @@ _NEVER_CANCELLED = CancelSignal(None, frozenset())
 
 
 class RunningContext(JobContext):
-    """The ``JobContext`` a worker hands to a running job: the same fields, plus the
-    cancel signal, the last checkpoint and the writer behind ``progress``/``checkpoint``.
+    """The ``JobContext`` a worker hands to a running job: the same fields, plus what
+    ``cancelled``, ``last_checkpoint``, ``progress`` and ``checkpoint`` need.
 
     A subclass rather than more fields, so ``JobContext``'s documented fields (and
-    ``dataclasses.fields``/``asdict`` of it) stay exactly as published.
+    ``dataclasses.fields``/``asdict`` of it) stay exactly as published. One extra slot,
+    set in the same ``__init__``: a context is built for every job, so this is the
+    worker's hot path (a cancel signal is made only when a handler asks for one).
+
+    ``run`` is ``(cancel requests, progress/checkpoint writer, lease, last checkpoint)``.
     """
 
-    __slots__ = ("_control", "_lease", "cancelled", "last_checkpoint")
-    _control: Any
-    _lease: str | None
-    cancelled: CancelSignal
-    last_checkpoint: Any
+    __slots__ = ("_run",)
+    _run: tuple[Container[str], Any, str, Any]
 
     def __init__(
         self, job_id: str, job_name: str, attempt: int, max_attempts: int, queue: str,
-        worker_id: str | None = None, scheduled_at: datetime | None = None,
-        created_at: datetime | None = None, *, cancelled: CancelSignal | None = None,
-        last_checkpoint: Any = None, control: Any = None, lease: str | None = None,
+        worker_id: str | None, scheduled_at: datetime | None, created_at: datetime | None,
+        run: tuple[Container[str], Any, str, Any],
     ) -> None:  # fmt: skip
-        JobContext.__init__(
-            self, job_id, job_name, attempt, max_attempts, queue, worker_id, scheduled_at,
-            created_at,
-        )  # fmt: skip
-        signal = cancelled if cancelled is not None else _NEVER_CANCELLED  # falsy while unset
-        object.__setattr__(self, "cancelled", signal)
-        object.__setattr__(self, "last_checkpoint", last_checkpoint)
-        object.__setattr__(self, "_control", control)
-        object.__setattr__(self, "_lease", lease)
+        put = object.__setattr__  # frozen: what the dataclass's own __init__ does
+        put(self, "job_id", job_id)
+        put(self, "job_name", job_name)
+        put(self, "attempt", attempt)
+        put(self, "max_attempts", max_attempts)
+        put(self, "queue", queue)
+        put(self, "worker_id", worker_id)
+        put(self, "scheduled_at", scheduled_at)
+        put(self, "created_at", created_at)
+        put(self, "_run", run)
+
+    @property
+    def cancelled(self) -> CancelSignal:
+        return CancelSignal(self.job_id, self._run[0])
+
+    @property
+    def last_checkpoint(self) -> Any:
+        return self._run[3]
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         check_fraction(fraction)
-        if self._control is not None and self._lease is not None:
-            text = None if message is None else str(message)
-            await self._control.progress(self.job_id, self._lease, float(fraction), text)
+        _, control, lease, _ = self._run
+        text = None if message is None else str(message)
+        await control.progress(self.job_id, lease, float(fraction), text)
 
     async def checkpoint(self, data: Any) -> None:
         data_json = checkpoint_json(data)
-        if self._control is not None and self._lease is not None:
-            await self._control.checkpoint(self.job_id, self._lease, data_json)
+        _, control, lease, _ = self._run
+        await control.checkpoint(self.job_id, lease, data_json)
 
 
 def check_fraction(fraction: Any) -> None:

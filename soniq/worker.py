@@ -51,7 +51,6 @@ from soniq.hooks import HookSet
 from soniq.job import (
     Ack,
     Cancelled,
-    CancelSignal,
     ClaimedJob,
     Done,
     Fail,
@@ -296,12 +295,11 @@ class Worker:
                 job.job_name,
             )
             return Fail(_unknown_task(job.job_name), None)
+        checkpoint = job_meta(job.args).get("checkpoint") if META_KEY in job.args else None
         ctx = RunningContext(
             job.id, job.job_name, job.attempt, job.max_attempts, job.queue,
             self.worker_id, job.scheduled_at, job.created_at,
-            cancelled=CancelSignal(job.id, self._cancel_requested), control=self._control,
-            lease=job.lease,
-            last_checkpoint=job_meta(job.args).get("checkpoint") if META_KEY in job.args else None,
+            (self._cancel_requested, self._control, job.lease, checkpoint),
         )  # fmt: skip
         hooks = self.hooks
         if hooks.before_job:
