@@ -406,7 +406,8 @@ class Worker:
         self, job: ClaimedJob, definition: JobDefinition, snooze: Snooze
     ) -> Outcome | None:
         """The snooze as an outcome; ``None`` when it is one more than ``max_snoozes``."""
-        count = job_meta(job.args).get("snoozes", 0) if META_KEY in job.args else 0
+        meta = job_meta(job.args) if META_KEY in job.args else {}
+        count = meta.get("snoozes", 0) if meta.get("snoozed") == job.id else 0  # its own
         if isinstance(count, int) and count >= definition.max_snoozes:
             return None
         log.debug("Job %s %s", job.id, snooze)
@@ -558,10 +559,11 @@ class Worker:
         LISTEN unavailable) or one was missed; asks only while jobs run."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            if not self._running:
+            ask = getattr(self.backend, "cancel_requests", None)  # absent: nothing to hear
+            if not self._running or ask is None:
                 continue
             try:
-                for job_id in await self.backend.cancel_requests(self.worker_id):
+                for job_id in await ask(self.worker_id):
                     self._cancel_running(job_id)
             except Exception as exc:  # noqa: BLE001 - database away: next heartbeat
                 log.warning("Checking for cancelled jobs failed: %s", exc)

@@ -219,7 +219,8 @@ id, job_name, args::text AS args, queue, priority, status, attempts, max_attempt
 scheduled_at, created_at, updated_at, started_at, completed_at, result::text AS result,
 last_error, worker_id, dedup_key, progress, progress_message,
 cancel_requested_at IS NOT NULL AS cancel_requested,
-coalesce((args #>> '{__soniq__,snoozes}')::int, 0) AS snoozes,
+CASE WHEN args #>> '{__soniq__,snoozed}' = id::text
+     THEN coalesce((args #>> '{__soniq__,snoozes}')::int, 0) ELSE 0 END AS snoozes,
 ARRAY(SELECT depends_on::text FROM soniq_job_deps WHERE job_id = id ORDER BY 1) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
@@ -705,7 +706,10 @@ SESSION_CHECK = "SELECT 1"
 
 _SET_META = """jsonb_set(j.args, '{{__soniq__}}',
     coalesce(j.args -> '__soniq__', '{{}}'::jsonb) || jsonb_build_object({pairs}))"""
-_SNOOZES = "coalesce((j.args #>> '{__soniq__,snoozes}')::int, 0)"
+# The count is the job's own: a dead letter replayed as a new job (new id) keeps its
+# arguments, checkpoint included, but starts again from no snoozes.
+_SNOOZES = """CASE WHEN j.args #>> '{__soniq__,snoozed}' = j.id::text
+    THEN coalesce((j.args #>> '{__soniq__,snoozes}')::int, 0) ELSE 0 END"""
 
 # Snooze: back to the queue at run_at with the attempt given back, snoozes + 1.
 # No NOTIFY: the job is due later, and the snoozing worker wakes itself.
@@ -713,7 +717,7 @@ JOB_ACK_SNOOZE = f"""
 UPDATE soniq_jobs j
 SET status = 'queued', attempts = GREATEST(j.attempts - 1, 0), scheduled_at = a.run_at,
     worker_id = NULL, lease = NULL, updated_at = now(),
-    args = {_SET_META.format(pairs=f"'snoozes', {_SNOOZES} + 1")}
+    args = {_SET_META.format(pairs=f"'snoozes', {_SNOOZES} + 1, 'snoozed', j.id::text")}
 FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS a(id, lease, run_at)
 WHERE j.id = a.id AND j.lease = a.lease AND j.status = 'processing'
 """

@@ -212,7 +212,8 @@ _JOB_COLUMNS = """
 id, job_name, args, queue, priority, status, attempts, max_attempts, scheduled_at,
 created_at, updated_at, started_at, completed_at, result, last_error, worker_id, dedup_key,
 progress, progress_message, cancel_requested_at IS NOT NULL AS cancel_requested,
-coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) AS snoozes,
+CASE WHEN json_extract(args, '$.__soniq__.snoozed') = id
+     THEN coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) ELSE 0 END AS snoozes,
 (SELECT json_group_array(depends_on) FROM (
     SELECT depends_on FROM soniq_job_deps WHERE job_id = id ORDER BY 1)) AS waiting_for
 """
@@ -484,8 +485,12 @@ JOB_ACK_SNOOZE = f"""
 UPDATE soniq_jobs
 SET status = 'queued', attempts = MAX(attempts - 1, 0), scheduled_at = :run_at,
     worker_id = NULL, lease = NULL, updated_at = :now,
-    args = json_set(args, '$.__soniq__.snoozes',
-                    coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) + 1)
+    args = json_set(
+        args,
+        '$.__soniq__.snoozes', CASE WHEN json_extract(args, '$.__soniq__.snoozed') = id
+            THEN coalesce(json_extract(args, '$.__soniq__.snoozes'), 0) ELSE 0 END + 1,
+        -- the count is the job's own: a replayed dead letter (new id) starts from none
+        '$.__soniq__.snoozed', id)
 WHERE {_HELD}
 """
 # A running job its worker stopped after cancel_job(): final, never retried.

@@ -124,6 +124,28 @@ async def test_one_snooze_more_than_max_snoozes_is_a_failure(soniq_app: Soniq) -
     assert [type(e).__name__ for e in errors] == ["SnoozeLimitError"]
 
 
+async def test_a_replayed_dead_letter_keeps_its_checkpoint_not_its_snoozes(
+    soniq_app: Soniq,
+) -> None:
+    app = soniq_app
+    seen: list[tuple[Any, int]] = []
+
+    @app.job(name="flow.replayed", retries=0, max_snoozes=1)
+    async def job_(ctx: JobContext) -> None:
+        seen.append((ctx.last_checkpoint, (await row(app, ctx.job_id))["snoozes"]))
+        await ctx.checkpoint({"runs": len(seen)})
+        raise Snooze(0)
+
+    first = await app.enqueue(job_)
+    await app.run_worker(run_once=True)  # snoozes once, then one too many: dead letter
+    assert (await row(app, first))["status"] == "dead_letter"
+    [again] = (await app.backend.dead_letter_replay([first])).values()
+    await app.run_worker(run_once=True)
+    # The replay resumes from the checkpoint, with no snoozes; then snoozes once more.
+    assert seen[2:] == [({"runs": 2}, 0), ({"runs": 3}, 1)]
+    assert (await row(app, again))["status"] == "dead_letter"
+
+
 async def test_snooze_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="Snooze takes seconds >= 0"):
         Snooze(-1)
@@ -452,8 +474,9 @@ async def test_max_concurrency_per_key(soniq_app: Soniq) -> None:
     async def per_tenant(tenant: str, n: int) -> None:
         return None
 
-    for n, tenant in enumerate(["a", "a", "a", "b", "b"]):
-        await app.enqueue(per_tenant, tenant=tenant, n=n)
+    await app.enqueue_many(
+        per_tenant, [{"tenant": t, "n": n} for n, t in enumerate(["a", "a", "a", "b", "b"])]
+    )
     tasks = (TaskLimit("flow.tenant", max_per_key=1),)
     got, _ = await claim_limited(app, 10, tasks=tasks)
     assert sorted(j.args["tenant"] for j in got) == ["a", "b"]
@@ -663,3 +686,25 @@ async def test_webhooks_and_metrics_see_snoozed_and_cancelled_jobs(soniq_app: So
     assert metrics.get_sample_value("soniq_jobs_snoozed_total", labels) == 1.0
     labels = {"queue": "default", "task": "flow.seam_block"}
     assert metrics.get_sample_value("soniq_jobs_cancelled_total", labels) == 1.0
+
+
+async def test_transactional_enqueue_with_dependencies(
+    soniq_app: Soniq, backend_target: tuple[str, str | None]
+) -> None:
+    """depends_on inside the caller's transaction (PostgreSQL), on asyncpg and psycopg."""
+    if backend_target[0] != "postgres":
+        pytest.skip("transactional enqueue is PostgreSQL's (documented difference)")
+    import psycopg
+
+    app = soniq_app
+    app.settings.enqueue_validation = "none"
+    first = await app.enqueue("flow.any", args={})
+    async with app.backend.acquire() as conn, conn.transaction():
+        waiting = await app.enqueue("flow.any", args={"n": 1}, depends_on=[first], connection=conn)
+    assert (await row(app, waiting))["waiting_for"] == [first]
+    url = backend_target[1]
+    assert url is not None
+    async with await psycopg.AsyncConnection.connect(url) as pconn, pconn.transaction():
+        other = await app.enqueue("flow.any", args={"n": 2}, depends_on=[first], connection=pconn)
+        assert await app.get_job(other) is None  # not committed yet
+    assert (await row(app, other))["waiting_for"] == [first]
