@@ -329,7 +329,7 @@ class EventBus:
         await self.refresh(backend, force=True)
         tasks = [asyncio.create_task(self._refresh_loop(backend), name="soniq-events-refresh")]
         tasks += [
-            asyncio.create_task(_guarded_loop(sub, backend, settings), name=f"soniq-{_name(sub)}")
+            asyncio.create_task(guarded_loop(sub, backend, settings), name=f"soniq-{_name(sub)}")
             for sub in self._subs
             if _overrides(sub, "run")
         ]
@@ -391,7 +391,7 @@ def _name(obj: Any) -> str:
     return type(owner).__name__
 
 
-async def _guarded_loop(sub: Subscriber, backend: StorageBackend, settings: SoniqSettings) -> None:
+async def guarded_loop(sub: Subscriber, backend: StorageBackend, settings: SoniqSettings) -> None:
     """A subscriber's side loop, restarted after a crash: a feature never stops a worker."""
     while True:
         try:

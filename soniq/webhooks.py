@@ -51,6 +51,7 @@ from soniq.events import (
     Record,
     Subscriber,
     Webhook,
+    guarded_loop,
 )
 from soniq.job import Cancelled, ClaimedJob, Done, Fail, NewJob, Outcome, Retry
 from soniq.utils import canonical_id
@@ -478,9 +479,8 @@ class Webhooks:
         if self._sender is None or self._sender.done():
             await self._app.ensure_initialized()
             await self._refresh()
-            self._sender = asyncio.create_task(
-                self.outbox.run(self._app.backend, self._app.settings), name="soniq-webhooks"
-            )
+            loop = guarded_loop(self.outbox, self._app.backend, self._app.settings)
+            self._sender = asyncio.create_task(loop, name="soniq-webhooks")
 
     async def stop(self) -> None:
         """Stop delivering from this process (what is queued stays for the workers)."""
