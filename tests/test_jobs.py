@@ -87,6 +87,7 @@ def test_retries_and_alias(mem: Soniq) -> None:
     assert meta(mem, "a")["max_attempts"] == 6
     assert meta(mem, "b")["max_retries"] == 2
     assert meta(mem, "c")["max_retries"] == 0
+
     # Both given: max_retries wins, as in the published package (COMPAT.md §4).
     @mem.job(name="d", retries=1, max_retries=2)
     async def d() -> None: ...
