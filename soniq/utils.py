@@ -67,3 +67,18 @@ def describe_target(url: str) -> str:
     parts = urlsplit(url)
     database = (parts.path or "/").lstrip("/") or "(default)"
     return f"host={parts.hostname or 'localhost'} port={parts.port or 5432} database={database}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """``42s``, ``3m 07s``, ``2h 05m``, ``3d 4h``: an age or a wait, for people (CLI, dashboard)."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"

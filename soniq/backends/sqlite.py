@@ -372,18 +372,7 @@ class SQLiteBackend:
         async with self._write() as conn:
             rows = await _claim_rows(conn, queues, params)
         rows.sort(key=_claim_order)
-        jobs: list[ClaimedJob] = []
-        undecodable: list[Ack] = []
-        for r in rows:
-            args, error = decode_args(r["args"])
-            job = _claimed(r, lease, args)
-            if error is None:
-                jobs.append(job)
-            else:  # dead-lettered with the reason rather than stalling the worker
-                undecodable.append(Ack(job, Fail(error, None)))
-        if undecodable:
-            await self.ack(undecodable, result_ttl=0)
-        return jobs
+        return await self._claimed_jobs(rows, lease)
 
     async def ack(self, acks: Sequence[Ack], *, result_ttl: float) -> None:
         batches = _ack_batches(acks, utc_now(), result_ttl)
@@ -740,10 +729,11 @@ class SQLiteBackend:
                     q.FLOW_START_PRUNE, {"now": stamp, "windows": json.dumps(scopes_windows)}
                 )
         rows.sort(key=_claim_order)
-        return LimitedClaim(await self._flow_jobs(rows, lease), budgets.retry_in())
+        return LimitedClaim(await self._claimed_jobs(rows, lease), budgets.retry_in())
 
-    async def _flow_jobs(self, rows: list[sqlite3.Row], lease: str) -> list[ClaimedJob]:
-        """Claimed rows as jobs, dead-lettering undecodable arguments as ``claim`` does."""
+    async def _claimed_jobs(self, rows: list[sqlite3.Row], lease: str) -> list[ClaimedJob]:
+        """Claimed rows as jobs; a row whose arguments cannot be decoded is dead-lettered
+        with the reason rather than stalling the worker."""
         jobs: list[ClaimedJob] = []
         undecodable: list[Ack] = []
         for r in rows:

@@ -25,7 +25,7 @@ from soniq.app import Soniq
 from soniq.backends import detect_backend, sqlite_path
 from soniq.errors import ConfigurationError, SoniqError
 from soniq.settings import SoniqSettings
-from soniq.utils import mask_url, utc_now
+from soniq.utils import fmt_duration, mask_url, utc_now
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -234,21 +234,6 @@ def fmt_time(value: datetime | None) -> str:
     if value is None:
         return "-"
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def fmt_duration(seconds: float) -> str:
-    """``42s``, ``3m 07s``, ``2h 05m``, ``3d 4h``."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def fmt_ago(value: datetime | None, now: datetime | None = None) -> str:

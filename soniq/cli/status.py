@@ -21,13 +21,12 @@ from soniq.cli._common import (
     describe_database,
     echo_json,
     fmt_ago,
-    fmt_duration,
     fmt_time,
     make_table,
     run_app,
 )
 from soniq.job import Schedule, WorkerInfo
-from soniq.utils import utc_now
+from soniq.utils import fmt_duration, utc_now
 
 STAT_KEYS = ("queued", "processing", "done", "dead_letter", "cancelled", "total")
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from soniq import utils
 from soniq.dashboard import api, data, pages, security
 from soniq.dashboard.web import Context, Guard
 from soniq.errors import SoniqError
@@ -103,19 +104,7 @@ def fmt_time(value: datetime | None) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return NONE
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+    return NONE if seconds is None else utils.fmt_duration(seconds)
 
 
 def fmt_ago(value: datetime | None) -> str:
