@@ -52,6 +52,16 @@ JOB_FIND_LIVE_BY_DEDUP = f"""
 SELECT id FROM soniq_jobs WHERE dedup_key = $1 AND {DEDUP_PREDICATE}
 """
 
+# What every claim does with the rows its CTE `next` picked ($1 worker, $3 lease).
+_CLAIM_TAKE = """UPDATE soniq_jobs j
+SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $3,
+    started_at = now(), updated_at = now()
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
+          j.scheduled_at, j.created_at, j.priority, j.seq
+"""
+
 _CLAIM = """
 WITH next AS (
     -- Partial index soniq_jobs_claim_*_idx walks queued rows in claim order
@@ -63,17 +73,10 @@ WITH next AS (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-UPDATE soniq_jobs j
-SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $3,
-    started_at = now(), updated_at = now()
-FROM next
-WHERE j.id = next.id
-RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
-          j.scheduled_at, j.created_at, j.priority, j.seq
-"""
-JOB_CLAIM_ALL = _CLAIM.format(queue_filter="")
-JOB_CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter="AND queue = $4")
-JOB_CLAIM_QUEUES = _CLAIM.format(queue_filter="AND queue = ANY($4::text[])")
+{take}"""
+JOB_CLAIM_ALL = _CLAIM.format(take=_CLAIM_TAKE, queue_filter="")
+JOB_CLAIM_ONE_QUEUE = _CLAIM.format(take=_CLAIM_TAKE, queue_filter="AND queue = $4")
+JOB_CLAIM_QUEUES = _CLAIM.format(take=_CLAIM_TAKE, queue_filter="AND queue = ANY($4::text[])")
 
 # Acks: parallel arrays (id, lease, ...). The lease check ignores a late ack from
 # a worker whose job was recovered and claimed again elsewhere.
@@ -644,24 +647,17 @@ WITH earlier AS (
     ORDER BY priority, scheduled_at, seq
     LIMIT $2
 )
-UPDATE soniq_jobs j
-SET status = 'processing', attempts = j.attempts + 1, worker_id = $1, lease = $3,
-    started_at = now(), updated_at = now()
-FROM next
-WHERE j.id = next.id
-RETURNING j.id, j.job_name, j.args::text AS args, j.queue, j.attempts, j.max_attempts,
-          j.scheduled_at, j.created_at, j.priority, j.seq
-"""
+{take}"""
 JOB_CLAIM_ALL_AFTER = _CLAIM_AFTER.format(
-    queue_filter="", p=4, after="(priority, scheduled_at, seq) > ($4, $5, $6)"
+    take=_CLAIM_TAKE, queue_filter="", p=4, after="(priority, scheduled_at, seq) > ($4, $5, $6)"
 )
 # One queue: the row comparison spells out soniq_jobs_claim_queue_idx's columns, so
 # the walk starts at the cursor inside that queue's part of the index.
-JOB_CLAIM_ONE_QUEUE_AFTER = _CLAIM_AFTER.format(
+JOB_CLAIM_ONE_QUEUE_AFTER = _CLAIM_AFTER.format(take=_CLAIM_TAKE, 
     queue_filter="AND queue = $4", p=5,
     after="(queue, priority, scheduled_at, seq) > ($4, $5, $6, $7)",
 )  # fmt: skip
-JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(
+JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(take=_CLAIM_TAKE, 
     queue_filter="AND queue = ANY($4::text[])", p=5,
     after="(priority, scheduled_at, seq) > ($5, $6, $7)",
 )  # fmt: skip
