@@ -32,13 +32,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from soniq import Soniq
+from soniq import JobContext, Soniq
 from soniq.backends.migrations_pg import apply_migrations
 from soniq.errors import DatabaseUnavailableError
 from tests.chaos_support import (
@@ -423,7 +424,7 @@ async def _restart_drill(c: Chaos, server: PgServer, scheduler: SoniqProcess, ma
     await c.producer.scheduler.add("chaos.run", every=1, args={"n": 5000}, name="chaos-tick")
     a, b = c.procs.start(CHAOS_CONCURRENCY="4"), c.procs.start(CHAOS_CONCURRENCY="4")
     for proc in (a, b):
-        await wait_until(lambda p=proc: c.registered(p), timeout=30, message="workers up")
+        await wait_until(partial(c.registered, proc), timeout=30, message="workers up")
     await wait_until(lambda: c.value(SCHEDULED_DONE), timeout=30, message="a scheduled run")
     slow = await c.enqueue([{"n": 10_000 + i, "sleep": 2.5} for i in range(2)])
     ids = await c.enqueue([{"n": i, "sleep": 0.05} for i in range(300)])
@@ -474,14 +475,14 @@ async def test_pg_terminate_backend_storm(own_url: str, tmp_path: Path) -> None:
     async with chaos_on(own_url, tmp_path) as c:
         ids = await c.enqueue([{"n": i, "sleep": 0.05} for i in range(400)])
         workers = [c.procs.start(CHAOS_CONCURRENCY="4") for _ in range(2)]
-        done = 0
+        done = killed = 0
         for _ in range(6):  # terminate every Soniq connection, again and again, mid-drain
-            done = await wait_until(lambda d=done: _done_beyond(own_url, ids, d), timeout=30)
-            killed = await c.value(
+            done = await wait_until(partial(_done_beyond, own_url, ids, done), timeout=30)
+            killed += await c.value(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            assert killed >= 4
+        assert killed >= 12  # pools, LISTEN and liveness connections, reopened each time
         await c.producer.close()
         assert await c.settle(ids, timeout=90) == (400, 0)
         assert all(w.poll() is None for w in workers)
@@ -638,3 +639,62 @@ async def test_a_claim_whose_answer_was_lost_is_requeued(app: Soniq) -> None:
     claimed = await app.backend.claim(None, worker, 10)
     assert sorted(j.id for j in claimed) == sorted(ids)
     assert [j.attempt for j in claimed] == [1, 1, 1]  # the lost claim did not spend one
+
+
+# --- a partition: the worker is alive, its liveness connection is gone ---------------------
+
+
+async def test_partitioned_worker_is_replaced_and_its_late_ack_ignored(pg_url: str) -> None:
+    """A's liveness connection is cut (terminated on the server, and the way back through
+    the proxy stalls), so B requeues A's job and runs it. A, still running, finishes later:
+    its ack carries the old lease and changes nothing. Two runs, one outcome: B's."""
+    port = int(pg_url.split("@127.0.0.1:", 1)[1].split("/", 1)[0])
+    proxy = StallingProxy(port)
+    await proxy.start()
+    via_proxy = pg_url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}")
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    def make(**extra: Any) -> Soniq:
+        app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, **extra})
+
+        @app.job(name="partition.work", retries=3)
+        async def work(ctx: JobContext) -> str:
+            assert ctx.worker_id is not None
+            runs.append(ctx.worker_id)
+            if len(runs) == 1:
+                await release.wait()  # A: still running, cut off from its lock
+            return ctx.worker_id
+
+        return app
+
+    a_app, b_app = make(listen_database_url=via_proxy), make()
+    try:
+        a = make_worker(a_app)
+        async with running(a, concurrency=1):
+            job_id = await a_app.enqueue("partition.work")
+            await wait_until(lambda: runs, timeout=10, message="A running the job")
+            proxy.flowing.clear()
+            async with connect(pg_url) as conn:
+                cut = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'soniq-worker-liveness' "
+                    "AND datname = current_database()"
+                )
+            assert cut == 1
+            b = make_worker(b_app)
+            async with running(b, concurrency=1):
+                await wait_until(
+                    lambda: b_app.get_result(job_id), timeout=15, message="B ran the job"
+                )
+                release.set()  # A finishes now, with its lost claim's lease
+                await wait_until(lambda: a._unwritten == 0 and not a._running, timeout=10)
+            proxy.flowing.set()
+        job = await b_app.get_job(job_id)
+        assert job is not None
+        assert runs == [a.worker_id, b.worker_id]
+        assert (job["status"], job["result"], job["attempts"]) == ("done", b.worker_id, 2)
+    finally:
+        await a_app.close()
+        await b_app.close()
+        await proxy.close()

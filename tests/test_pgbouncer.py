@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ async def test_transactional_enqueue_through_pgbouncer(app: Soniq) -> None:
                 gone = await app.enqueue("pgb.echo", args={"n": -1}, connection=conn)
                 raise RuntimeError("roll back")
         assert await conn.fetchval("SELECT count(*) FROM orders") == 1
-    assert (await app.get_job(kept))["status"] == "queued"
+    row = await app.get_job(kept)
+    assert row is not None and row["status"] == "queued"
     assert await app.get_job(gone) is None
 
 
@@ -176,7 +178,7 @@ async def test_worker_with_a_direct_listen_url(urls: tuple[str, str]) -> None:
             for n in range(3):
                 sent = time.monotonic()
                 await app.enqueue(mark, n=n)
-                await wait_until(lambda n=n: n in seen, timeout=10, message="woken by NOTIFY")
+                await wait_until(partial(seen.__contains__, n), timeout=10, message="NOTIFY")
                 assert seen[n] - sent < 2.0  # poll_interval is 30 s: this was LISTEN
             async with connect(direct) as conn:
                 key = await conn.fetchval(
