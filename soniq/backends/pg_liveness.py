@@ -36,9 +36,10 @@ from soniq.sql import postgres_queries as q
 
 log = logging.getLogger("soniq.postgres")
 
-# A direct session delivers its own probe in about a millisecond; through a pooler in
-# transaction mode it never arrives. Erring on the slow side only means polling.
-PROBE_TIMEOUT = 1.0
+# A direct session gets the probe in about a millisecond; through a pooler in transaction
+# mode it never arrives, so this is what detection costs a PgBouncer user at connect. A
+# direct server too loaded to answer in time is taken for a pooler: slower, never wrong.
+PROBE_TIMEOUT = 2.0
 # A liveness connection that does not answer SELECT 1 in this long is taken as half-open
 # (generous: a false alarm opens a gap in the worker's lock). A LISTEN connection gets
 # three heartbeat intervals within 1..5 s (a false alarm there only re-subscribes).
