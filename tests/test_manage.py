@@ -112,7 +112,7 @@ async def test_dead_letter_status(app: Soniq) -> None:
     assert await app.list_jobs() == []  # gone from soniq_jobs
 
 
-async def test_cancel_only_queued(app: Soniq) -> None:
+async def test_cancel_queued_and_running(app: Soniq) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
     ran: list[str] = []
@@ -138,11 +138,11 @@ async def test_cancel_only_queued(app: Soniq) -> None:
     running = await app.enqueue(block)
     worker = asyncio.create_task(app.run_worker(run_once=True))
     await asyncio.wait_for(started.wait(), 5)
-    assert await app.cancel_job(running) is False  # processing: not cancelled
+    assert await app.cancel_job(running) is True  # processing: its worker stops it
+    await asyncio.wait_for(worker, 10)  # heard at the worker's next heartbeat
     release.set()
-    await asyncio.wait_for(worker, 10)
-    assert (await app.get_job(running))["status"] == "done"  # type: ignore[index]
-    assert await app.cancel_job(running) is False  # done: not cancelled
+    assert (await app.get_job(running))["status"] == "cancelled"  # type: ignore[index]
+    assert await app.cancel_job(running) is False  # finished: nothing to cancel
     assert ran == []  # the cancelled jobs never ran
     await app.run_worker(run_once=True)
     assert ran == []

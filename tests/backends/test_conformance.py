@@ -476,8 +476,9 @@ async def test_cancel_delete_and_list(soniq_app: Soniq) -> None:
     assert cancelled["status"] == "cancelled"
     assert await app.cancel_job(a) is False  # no longer queued
     await claim_one(app, wid(), ["qb"])
-    assert await app.cancel_job(b) is False  # running jobs are not interrupted
-    assert (await job(app, b))["status"] == "processing"
+    assert await app.cancel_job(b) is True  # a running job is asked to stop: its worker ends it
+    running = await job(app, b)
+    assert (running["status"], running["cancel_requested"]) == ("processing", True)
     assert ids(await app.list_jobs(status="cancelled")) == [a]
     assert ids(await app.list_jobs(status=JobStatus.PROCESSING)) == [b]
     assert ids(await app.list_jobs(status="queued", queue="qa")) == [c]
@@ -1255,7 +1256,9 @@ async def test_cancel_and_delete(backend: StorageBackend) -> None:
     queued, running = new_job(priority=500), new_job(priority=1)
     await backend.enqueue([queued, running])
     await take_one(backend)
-    assert await backend.cancel_job(running.id) is False
+    assert await backend.cancel_job(running.id) is True  # asked; its worker ends it cancelled
+    asked = await backend.get_job(running.id)
+    assert asked is not None and (asked.status, asked.cancel_requested) == ("processing", True)
     assert await backend.cancel_job(queued.id) is True
     assert await backend.cancel_job(queued.id) is False
     row = await backend.get_job(queued.id)
