@@ -92,6 +92,8 @@ from soniq.utils import describe_target
 
 log = logging.getLogger("soniq.postgres")
 CLOSE_TIMEOUT = 10.0
+# Enqueues PostgreSQL aborted as a deadlock victim are run again this many times in all.
+DEADLOCK_RETRIES = 3
 # A worker's claims start after its previous claim (see JOB_CLAIM_*_AFTER) for at most
 # this long before a claim from the head of the index checks for anything that sorts
 # before the cursor; that is also the longest such a job can be passed over.
@@ -226,8 +228,16 @@ class PostgresBackend:
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         if connection is not None:
             return await self._enqueue_on(connection, jobs)
-        async with self._producing() as conn:
-            return await self._enqueue_on(conn, jobs)
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                async with self._producing() as conn:
+                    return await self._enqueue_on(conn, jobs)
+            except asyncpg.DeadlockDetectedError:
+                # Two batches sharing dedup keys in different orders: PostgreSQL rolled
+                # this one back whole, so running it again is safe (FIFO order kept).
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def _producing(self, *, transaction: bool = False) -> AsyncIterator[Any]:
@@ -579,8 +589,14 @@ class PostgresBackend:
     ) -> list[str]:
         if connection is not None:  # the caller's transaction, if they opened one
             return await self._enqueue_recorded(connection, jobs, records)
-        async with self._producing(transaction=True) as conn:
-            return await self._enqueue_recorded(conn, jobs, records)
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                async with self._producing(transaction=True) as conn:
+                    return await self._enqueue_recorded(conn, jobs, records)
+            except asyncpg.DeadlockDetectedError:  # rolled back whole: safe to run again
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _enqueue_recorded(
         self, conn: Any, jobs: Sequence[NewJob], records: Sequence[Record]
