@@ -708,3 +708,33 @@ async def test_transactional_enqueue_with_dependencies(
         other = await app.enqueue("flow.any", args={"n": 2}, depends_on=[first], connection=pconn)
         assert await app.get_job(other) is None  # not committed yet
     assert (await row(app, other))["waiting_for"] == [first]
+
+
+async def test_a_worker_at_a_rate_limit_sleeps_instead_of_polling(soniq_app: Soniq) -> None:
+    app = soniq_app
+    ran: list[int] = []
+
+    @app.job(name="flow.slowly", queue="slowly")
+    async def slowly(n: int) -> None:
+        ran.append(n)
+
+    await app.queue_limits("slowly", rate="1/m")
+    backend = app.backend
+    real = backend.claim_limited
+    calls: list[float] = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(asyncio.get_running_loop().time())
+        return await real(*args, **kwargs)
+
+    backend.claim_limited = counted  # type: ignore[method-assign]
+    for n in range(3):
+        await app.enqueue(slowly, n=n)
+    async with worker(app, concurrency=4):
+        await wait_until(lambda: ran == [0], timeout=5, message="the first job")
+        before = len(calls)
+        await asyncio.sleep(1.0)  # the span being measured: claims made while blocked
+        during = len(calls) - before
+    assert ran == [0]
+    # At most one claim per poll_interval (0.2 s) while the queue waits a minute.
+    assert during <= 1.0 / app.settings.poll_interval + 2, calls
