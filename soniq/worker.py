@@ -150,6 +150,9 @@ class Worker:
         self._flow: FlowLimits | None = None
         self._cancel_requested: set[str] = set()
         self._retry_in: float | None = None
+        # Done acks written per (UTC minute, queue), not yet in the throughput rollup:
+        # added to it once per heartbeat (_flush_throughput), never a write per job.
+        self._completed: dict[tuple[datetime, str], int] = {}
 
     # --- entry points ------------------------------------------------------
     async def run(
@@ -465,6 +468,7 @@ class Worker:
             records, self._records = self._records, []
             try:
                 await self._write(batch, records)
+                self._count_done(batch)
                 self._unwritten -= len(batch)
                 self._wake.set()
             except asyncio.CancelledError:
@@ -478,6 +482,33 @@ class Worker:
                 self._records[:0] = records
                 log.error("Recording %d job outcomes failed (%s); retrying", len(batch), exc)
                 await asyncio.sleep(self.settings.error_retry_delay)
+
+    def _count_done(self, batch: list[Ack]) -> None:
+        """Tally a written batch's completions for the dashboard's chart: done rows are
+        deleted after ``result_ttl``, so ``job_throughput`` also reads this rollup. An ack
+        whose lease had already been lost is counted too (rare; the chart is a gauge)."""
+        minute: datetime | None = None
+        counts = self._completed
+        for ack in batch:
+            if isinstance(ack.outcome, Done):
+                if minute is None:
+                    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+                key = (minute, ack.job.queue)
+                counts[key] = counts.get(key, 0) + 1
+
+    async def _flush_throughput(self) -> None:
+        """Add the tally to the rollup in one call (each heartbeat, and at shutdown); kept
+        for the next try when the database is away. A backend without the verb: dropped."""
+        counts, self._completed = self._completed, {}
+        add = getattr(self.backend, "throughput_add", None)
+        if not counts or add is None:
+            return
+        try:
+            await add(counts)
+        except Exception as exc:  # noqa: BLE001 - database away: next heartbeat
+            for key, n in counts.items():
+                self._completed[key] = self._completed.get(key, 0) + n
+            log.warning("Recording completion counts failed: %s", exc)
 
     async def _write(self, batch: list[Ack], records: list[Record]) -> None:
         ttl = self.settings.result_ttl
@@ -577,6 +608,7 @@ class Worker:
                     await self.backend.register_worker(self._info)
             except Exception as exc:  # noqa: BLE001
                 log.warning("Heartbeat failed: %s", exc)
+            await self._flush_throughput()
 
     async def _relisten_loop(self, queues: list[str] | None) -> None:
         """The LISTEN connection can drop (database restart, pg_terminate_backend): subscribe
@@ -645,6 +677,7 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         listener, self._listener = self._listener, None  # the relisten loop may have swapped it
         await self._quietly(self._flush(), 10.0)
+        await self._quietly(self._flush_throughput(), 5.0)
         await self._quietly(self.backend.deregister_worker(self.worker_id), 5.0)
         await self._quietly(self.backend.release_lead("maintenance", self.worker_id), 5.0)
         if listener is not None:

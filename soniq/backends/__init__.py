@@ -9,7 +9,7 @@ notifications) instead of callers testing for a class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,7 +138,8 @@ class StorageBackend(Protocol):
         """
 
     async def prune(self) -> int:
-        """Delete finished rows whose result TTL has passed."""
+        """Delete finished rows whose result TTL has passed (returns how many), and
+        throughput rollup rows (``throughput_add``) older than 8 days."""
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
         """Take or extend the lease on ``role``; ``True`` while ``owner`` holds it."""
@@ -232,9 +233,16 @@ class StorageBackend(Protocol):
     async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
         """Completions and dead letters per time bucket since ``since``; empty buckets omitted.
 
-        Completions are counted from ``done`` rows, so only while they are kept
-        (``result_ttl``); failures from the dead-letter table.
+        Completions: per bucket, the larger of the rollup workers add to with
+        ``throughput_add`` (kept 8 days, whatever ``result_ttl``; it lags by up to a
+        heartbeat) and the ``done`` rows still kept (fresh, gone after ``result_ttl``).
+        Failures come from the dead-letter table.
         """
+
+    async def throughput_add(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """Add ``counts`` (completions per (UTC minute start, queue)) to the rollup that
+        ``job_throughput`` reads, in one statement: workers tally Done acks in memory and
+        call this once per heartbeat, so the chart costs no write per job."""
 
     async def queue_counts(self, *, exact_below: int) -> QueueCounts:
         """``queue_stats`` for a dashboard: exact while the jobs table holds fewer than

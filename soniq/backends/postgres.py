@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -421,6 +421,7 @@ class PostgresBackend:
 
     async def prune(self) -> int:
         status = await self.pool.execute(q.JOB_PRUNE)
+        await self.pool.execute(q.THROUGHPUT_PRUNE)
         return int(status.split()[-1])
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
@@ -568,8 +569,17 @@ class PostgresBackend:
         return [r[0] for r in await self.pool.fetch(q.JOB_TASK_NAMES)]
 
     async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
-        rows = await self.pool.fetch(q.JOB_THROUGHPUT, since, float(bucket_seconds))
+        rows = await self.pool.fetch(q.JOB_THROUGHPUT_ROLLUP, since, float(bucket_seconds))
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
+    async def throughput_add(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """One upsert, rows in key order so concurrent workers lock them in one order."""
+        rows = sorted(counts.items())
+        if rows:
+            await self.pool.execute(
+                q.THROUGHPUT_ADD, [k[0] for k, _ in rows], [k[1] for k, _ in rows],
+                [n for _, n in rows],
+            )  # fmt: skip
 
     async def queue_counts(self, *, exact_below: int) -> QueueCounts:
         rows = await self.pool.fetchval(q.JOB_ROWS_ESTIMATE)

@@ -25,7 +25,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -417,6 +417,7 @@ class SQLiteBackend:
             removed = await self._change(q.JOB_PRUNE, params)
             total += removed
             if removed < PRUNE_CHUNK:
+                await self._change(q.THROUGHPUT_PRUNE, {"now": params["now"]})
                 return total
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
@@ -579,8 +580,18 @@ class SQLiteBackend:
 
     async def job_throughput(self, since: datetime, bucket_seconds: int) -> list[ThroughputBucket]:
         params = {"since": _us(since), "bucket_us": int(bucket_seconds) * 1_000_000}
-        rows = await self._fetch(q.JOB_THROUGHPUT, params)
+        rows = await self._fetch(q.JOB_THROUGHPUT_ROLLUP, params)
         return [bucket(r[0], bucket_seconds, r[1], r[2]) for r in rows]
+
+    async def throughput_add(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """All of a worker's tally in one write transaction (one lock, not one per row)."""
+        rows = [
+            {"bucket_start": _us(minute), "queue": queue, "completed": n}
+            for (minute, queue), n in sorted(counts.items())
+        ]
+        if rows:
+            async with self._write() as conn:
+                await conn.executemany(q.THROUGHPUT_ADD, rows)
 
     async def queue_counts(self, *, exact_below: int) -> QueueCounts:
         """Always exact: an embedded database small enough for SQLite counts quickly."""

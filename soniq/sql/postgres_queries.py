@@ -389,28 +389,6 @@ SELECT DISTINCT job_name FROM soniq_dead_letter_jobs
 ORDER BY 1
 """
 
-# Completions (done rows, by completed_at) and dead letters (by dead_lettered_at)
-# per bucket of $2 seconds since $1; bucket n starts at epoch + n * $2. One
-# count per bucket, each an index-only range scan of soniq_jobs_completed_idx
-# (resp. soniq_dead_letter_recent_idx): a day of a million completions is
-# counted without reading a heap row or hashing a timestamp per row.
-JOB_THROUGHPUT = """
-WITH counted AS MATERIALIZED (  -- evaluate each bucket's counts once, not per reference
-    SELECT n AS b,
-        (SELECT count(*) FROM soniq_jobs
-         WHERE status = 'done' AND completed_at >= greatest($1, to_timestamp(n * $2))
-           AND completed_at < to_timestamp((n + 1) * $2)) AS completed,
-        (SELECT count(*) FROM soniq_dead_letter_jobs
-         WHERE dead_lettered_at >= greatest($1, to_timestamp(n * $2))
-           AND dead_lettered_at < to_timestamp((n + 1) * $2)) AS failed
-    FROM generate_series(floor(extract(epoch FROM $1::timestamptz) / $2)::bigint,
-                         floor(extract(epoch FROM now()) / $2)::bigint) AS n
-)
-SELECT b, completed, failed FROM counted
-WHERE completed + failed > 0
-ORDER BY b
-"""
-
 # The planner's row count of soniq_jobs (kept fresh by autovacuum's analyze):
 # decides whether exact counts are affordable. -1 = never analysed.
 JOB_ROWS_ESTIMATE = "SELECT reltuples::bigint FROM pg_class WHERE oid = 'soniq_jobs'::regclass"
@@ -1036,4 +1014,52 @@ SELECT ins.id, pg_notify('{CHANNEL}', ins.queue) FROM ins
 # Per-status counts for app.webhooks.get_delivery_stats (observability section above).
 WEBHOOK_DELIVERY_COUNTS = """
 SELECT status, count(*)::bigint FROM soniq_webhook_deliveries WHERE created_at >= $1 GROUP BY 1
+"""
+
+
+# === Throughput rollup (migration 0007_throughput.sql) ==============================
+# Done rows are deleted after result_ttl, so the dashboard's chart counts completions
+# from soniq_throughput as well: workers tally Done acks per (minute, queue) in memory
+# and add them here once per heartbeat, never a write per job.
+
+# One upsert for a worker's whole tally ($1 minutes, $2 queues, $3 counts). The backend
+# sends rows sorted by key, so two workers upserting the same rows lock them in the same
+# order and cannot deadlock.
+THROUGHPUT_ADD = """
+INSERT INTO soniq_throughput AS t (bucket_start, queue, completed)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bigint[])
+ON CONFLICT (bucket_start, queue) DO UPDATE SET completed = t.completed + EXCLUDED.completed
+"""
+
+# The chart shows at most a day; a week and a day of minutes keeps a margin and the
+# table small (1,440 rows per queue a day). Run by prune, the maintenance leader's sweep.
+THROUGHPUT_PRUNE = "DELETE FROM soniq_throughput WHERE bucket_start < now() - interval '8 days'"
+
+# Completions and dead letters per bucket of $2 seconds since $1; bucket n starts at
+# epoch + n * $2. Completions: the larger of the rollup's sum (minutes overlapping the
+# bucket and since $1; it lags by up to a heartbeat) and the done rows still kept (fresh,
+# but gone after result_ttl). Each is a lower bound of the real count, so the larger is
+# the better one: recent buckets are live, old ones survive result_ttl. Each count is a
+# range scan of an index (soniq_throughput's primary key, soniq_jobs_completed_idx,
+# soniq_dead_letter_recent_idx), once per bucket.
+JOB_THROUGHPUT_ROLLUP = """
+WITH counted AS MATERIALIZED (  -- evaluate each bucket's counts once, not per reference
+    SELECT n AS b,
+        greatest(
+            (SELECT count(*) FROM soniq_jobs
+             WHERE status = 'done' AND completed_at >= greatest($1, to_timestamp(n * $2))
+               AND completed_at < to_timestamp((n + 1) * $2)),
+            (SELECT coalesce(sum(completed), 0)::bigint FROM soniq_throughput
+             WHERE bucket_start > $1::timestamptz - interval '1 minute'
+               AND bucket_start >= to_timestamp(n * $2)
+               AND bucket_start < to_timestamp((n + 1) * $2))) AS completed,
+        (SELECT count(*) FROM soniq_dead_letter_jobs
+         WHERE dead_lettered_at >= greatest($1, to_timestamp(n * $2))
+           AND dead_lettered_at < to_timestamp((n + 1) * $2)) AS failed
+    FROM generate_series(floor(extract(epoch FROM $1::timestamptz) / $2)::bigint,
+                         floor(extract(epoch FROM now()) / $2)::bigint) AS n
+)
+SELECT b, completed, failed FROM counted
+WHERE completed + failed > 0
+ORDER BY b
 """

@@ -366,21 +366,6 @@ SELECT job_name FROM soniq_dead_letter_jobs
 ORDER BY 1
 """
 
-# Completions (done rows by completed_at) and dead letters per bucket of
-# :bucket_us microseconds since :since; bucket n starts at epoch + n * bucket.
-JOB_THROUGHPUT = """
-WITH done AS (
-    SELECT completed_at / :bucket_us AS b, count(*) AS n FROM soniq_jobs
-    WHERE status = 'done' AND completed_at >= :since GROUP BY 1
-), dead AS (
-    SELECT dead_lettered_at / :bucket_us AS b, count(*) AS n FROM soniq_dead_letter_jobs
-    WHERE dead_lettered_at >= :since GROUP BY 1
-), buckets AS (SELECT b FROM done UNION SELECT b FROM dead)
-SELECT buckets.b, coalesce(done.n, 0) AS completed, coalesce(dead.n, 0) AS failed
-FROM buckets LEFT JOIN done ON done.b = buckets.b LEFT JOIN dead ON dead.b = buckets.b
-ORDER BY buckets.b
-"""
-
 
 # === observability: webhooks outbox, job logs, gauges (soniq/events.py) =============
 # Owned by the webhooks/logs/metrics features; 0003_observability.sql is the schema.
@@ -650,4 +635,44 @@ RETURNING queue
 # Per-status counts for app.webhooks.get_delivery_stats (observability section above).
 WEBHOOK_DELIVERY_COUNTS = """
 SELECT status, count(*) FROM soniq_webhook_deliveries WHERE created_at >= :since GROUP BY 1
+"""
+
+
+# === Throughput rollup (migration 0007_throughput.sql) ==============================
+# Done rows are deleted after result_ttl, so the dashboard's chart counts completions
+# from soniq_throughput as well: workers tally Done acks per (minute, queue) in memory
+# and add them here once per heartbeat, never a write per job. Times in microseconds.
+
+# Run with executemany for a worker's whole tally, in one write transaction.
+THROUGHPUT_ADD = """
+INSERT INTO soniq_throughput (bucket_start, queue, completed)
+VALUES (:bucket_start, :queue, :completed)
+ON CONFLICT (bucket_start, queue) DO UPDATE SET completed = completed + excluded.completed
+"""
+
+# The chart shows at most a day; 8 days of minutes keeps a margin and the table small.
+# One statement, not chunks like JOB_PRUNE: a sweep finds only the minutes aged out since
+# the last one.
+THROUGHPUT_PRUNE = "DELETE FROM soniq_throughput WHERE bucket_start < :now - 8 * 86400000000"
+
+# Completions and dead letters per bucket of :bucket_us microseconds since :since; bucket n
+# starts at epoch + n * bucket. Completions: the larger of the rollup's sum (minutes
+# overlapping the bucket and since :since; it lags by up to a heartbeat) and the done rows
+# still kept (fresh, but gone after result_ttl): both are lower bounds of the real count.
+JOB_THROUGHPUT_ROLLUP = """
+WITH done AS (
+    SELECT completed_at / :bucket_us AS b, count(*) AS n FROM soniq_jobs
+    WHERE status = 'done' AND completed_at >= :since GROUP BY 1
+), rolled AS (
+    SELECT bucket_start / :bucket_us AS b, sum(completed) AS n FROM soniq_throughput
+    WHERE bucket_start > :since - 60000000 GROUP BY 1
+), dead AS (
+    SELECT dead_lettered_at / :bucket_us AS b, count(*) AS n FROM soniq_dead_letter_jobs
+    WHERE dead_lettered_at >= :since GROUP BY 1
+), buckets AS (SELECT b FROM done UNION SELECT b FROM rolled UNION SELECT b FROM dead)
+SELECT buckets.b, max(coalesce(done.n, 0), coalesce(rolled.n, 0)) AS completed,
+       coalesce(dead.n, 0) AS failed
+FROM buckets LEFT JOIN done ON done.b = buckets.b LEFT JOIN rolled ON rolled.b = buckets.b
+LEFT JOIN dead ON dead.b = buckets.b
+ORDER BY buckets.b
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from soniq.job import Ack, Done, Fail, Job
 
 # The app-on-each-backend fixtures (soniq_app, app_factory) come from tests/backend_apps.py.
 from tests.backends.test_conformance import claim_one, tick, wid, worker_info
+from tests.helpers import wait_until
 
 UTC = timezone.utc
 
@@ -164,6 +166,42 @@ async def test_job_throughput_counts_completions_and_dead_letters(dash_app: Soni
         assert b.start.timestamp() % 60 == 0
         assert since - timedelta(minutes=1) <= b.start <= datetime.now(UTC)
     assert await dash_app.backend.job_throughput(datetime.now(UTC) + timedelta(hours=1), 60) == []
+
+
+async def test_job_throughput_keeps_completions_whatever_result_ttl(app_factory: Any) -> None:
+    """Done rows are deleted at once with result_ttl=0; the worker's rollup
+    (throughput_add, flushed each heartbeat and at shutdown) still counts them."""
+    app = await app_factory(result_ttl=0)
+    register(app)
+    since = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()) // 60 * 60 - 60, UTC)
+    await app.enqueue_many("dash.send", [{"n": i} for i in range(3)])
+    await app.enqueue_many("dash.other", [{"n": i} for i in range(2)])
+    assert await app.run_worker(concurrency=2, run_once=True)
+    assert await app.backend.job_page(JobQuery(status="done")) == []  # gone already
+
+    async def completed() -> int:
+        return sum(b.completed for b in await app.backend.job_throughput(since, 60))
+
+    await wait_until(lambda: _equals(completed(), 5), message="5 completions counted")
+    await app.enqueue("dash.send", args={"n": 9})  # a second drain adds to the same rows
+    assert await app.run_worker(run_once=True)
+    await wait_until(lambda: _equals(completed(), 6), message="6 completions counted")
+
+
+async def test_prune_drops_rollup_rows_older_than_8_days(soniq_app: Soniq) -> None:
+    now = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()) // 60 * 60, UTC)
+    old = now - timedelta(days=9)
+    await soniq_app.backend.throughput_add({(old, "default"): 4, (now, "default"): 2})
+    await soniq_app.backend.throughput_add({(now, "default"): 1, (now, "other"): 1})
+    buckets = await soniq_app.backend.job_throughput(now - timedelta(days=10), 3600)
+    assert sorted(b.completed for b in buckets) == [4, 4]
+    await soniq_app.backend.prune()
+    [recent] = await soniq_app.backend.job_throughput(now - timedelta(days=10), 3600)
+    assert recent.completed == 4 and recent.start <= now < recent.start + timedelta(hours=1)
+
+
+async def _equals(count: Any, expected: int) -> bool:
+    return bool(await count == expected)
 
 
 async def test_queue_counts_are_exact_below_the_threshold(dash_app: Soniq) -> None:
