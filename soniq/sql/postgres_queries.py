@@ -631,12 +631,12 @@ JOB_CLAIM_ALL_AFTER = _CLAIM_AFTER.format(
 )
 # One queue: the row comparison spells out soniq_jobs_claim_queue_idx's columns, so
 # the walk starts at the cursor inside that queue's part of the index.
-JOB_CLAIM_ONE_QUEUE_AFTER = _CLAIM_AFTER.format(take=_CLAIM_TAKE, 
-    queue_filter="AND queue = $4", p=5,
+JOB_CLAIM_ONE_QUEUE_AFTER = _CLAIM_AFTER.format(
+    take=_CLAIM_TAKE, queue_filter="AND queue = $4", p=5,
     after="(queue, priority, scheduled_at, seq) > ($4, $5, $6, $7)",
 )  # fmt: skip
-JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(take=_CLAIM_TAKE, 
-    queue_filter="AND queue = ANY($4::text[])", p=5,
+JOB_CLAIM_QUEUES_AFTER = _CLAIM_AFTER.format(
+    take=_CLAIM_TAKE, queue_filter="AND queue = ANY($4::text[])", p=5,
     after="(priority, scheduled_at, seq) > ($5, $6, $7)",
 )  # fmt: skip
 # A claim that raised (its connection died) may still have committed: its rows are
