@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from soniq.job import META_KEY as META_KEY  # the metadata key, re-exported for subscribers
 from soniq.job import ClaimedJob, NewJob, Outcome
 from soniq.serialization import dumps_strict
 
@@ -47,7 +48,6 @@ log = logging.getLogger("soniq.events")
 T = TypeVar("T")
 S = TypeVar("S", bound="Subscriber")
 
-META_KEY = "__soniq__"
 """Reserved argument key holding job metadata (trace context, sealed arguments).
 
 The worker strips it before calling the handler, so handlers never see it.

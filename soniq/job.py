@@ -252,6 +252,17 @@ class NewJob:
     depends_on: tuple[str, ...] = ()  # runs once every one of these jobs is done
 
 
+# The key under which Soniq keeps its own metadata inside a job's stored arguments.
+META_KEY = "__soniq__"
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    args = record.get("args")
+    if isinstance(args, dict) and META_KEY in args:
+        record["args"] = {k: v for k, v in args.items() if k != META_KEY}
+    return record
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A row of ``soniq_jobs`` (or, with status ``dead_letter``, of the dead-letter table)."""
@@ -282,7 +293,10 @@ class Job:
     cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record users see (``get_job``, ``list_jobs``, the dashboard): the handler's
+        arguments only; Soniq's own metadata (trace context, snooze count, checkpoint,
+        sealed arguments) is shown through its own fields."""
+        return _public(asdict(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +334,7 @@ class DeadLetterJob:
     last_replayed_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _public(asdict(self))
 
     def as_job_dict(self) -> dict[str, Any]:
         """The shape ``get_job`` returns for a dead-lettered id (status ``dead_letter``)."""

@@ -64,11 +64,13 @@ async def main():
     with trace.get_tracer("web").start_as_current_span("POST /orders"):
         ok_id = await app.enqueue(ok, n=5)
         await app.enqueue(bad)
-    stored = await app.get_job(ok_id)
+    stored = await app.backend.get_job(ok_id)  # the row as stored
+    public = await app.get_job(ok_id)  # what users see: their arguments only
     await app.run_worker(run_once=True)
     result = await app.get_result(ok_id)
     await app.close()
-    dump({"ok_id": ok_id, "stored_args": stored["args"], "result": result})
+    dump({"ok_id": ok_id, "stored_args": stored.args, "public_args": public["args"],
+          "result": result})
 
 asyncio.run(main())
 """
@@ -118,6 +120,7 @@ def by_name(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_job_span_is_a_child_of_the_enqueue_span(pg_url: str, tmp_path: Path) -> None:
     out = run_script(tmp_path, "both", BOTH, pg_url)
     assert "traceparent" in json.dumps(out["stored_args"])  # stored with the job
+    assert out["public_args"] == {"n": 5}  # get_job shows the handler's arguments only
     assert out["result"] == 5  # the handler never saw the metadata
     spans = by_name(out["spans"])
     request = spans["POST /orders"]
