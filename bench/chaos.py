@@ -332,7 +332,7 @@ async def half_open(b: Bench) -> Row:
 
     class Notice(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "LISTEN connection stopped answering" in record.getMessage():
+            if "LISTEN connection lost" in record.getMessage():
                 noticed.set()
 
     handler = Notice()

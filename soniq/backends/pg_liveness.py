@@ -13,9 +13,12 @@ default, which still applies to workers that hold no lock).
   holding its lock, checked and re-taken every tick; and the sweep that finds other
   workers whose lock has been free for ``grace`` seconds, deletes them and requeues
   their jobs.
-* :class:`PgListener`: ``LISTEN`` on a direct connection with a health check, so a
-  half-open connection (the network stopped delivering without closing it) is
-  noticed, closed, and replaced by the worker's re-listen loop.
+* ``Liveness.listen``: ``LISTEN`` rides on a registered worker's liveness connection
+  (one direct connection per worker, not two), whose health check notices a half-open
+  connection (the network stopped delivering without closing it), closes it, and
+  reconnects; the worker's re-listen loop then subscribes again. :class:`PgListener`
+  is the same on a connection of its own, for a process that listens without having
+  registered a worker.
 """
 
 from __future__ import annotations
@@ -246,6 +249,37 @@ class Liveness:
         if not session.locked:
             session.locked = bool(await session.conn.fetchval(q.WORKER_LOCK, session.key))
 
+    # --- LISTEN --------------------------------------------------------------------
+    async def listen(self, on_new_job: Callable[[str], None], every: float) -> Any | None:
+        """Subscribe on a registered worker's connection, else on a connection of its own."""
+        if self._url is None:
+            self._warn_pooler()
+            return None
+        async with self._mutex:
+            session = next((s for s in self._sessions.values() if not s.lost()), None)
+            if session is not None:
+                listener = _SessionListener(self, session.conn, on_new_job)
+                await session.conn.add_listener(q.CHANNEL, listener.deliver)
+                return listener
+        conn = await self.connect("soniq-listen")
+        if conn is None:
+            return None
+        own = PgListener(conn, on_new_job, every)
+        try:
+            await conn.add_listener(q.CHANNEL, own.deliver)
+        except BaseException:
+            await own.close()
+            raise
+        return own
+
+    async def _unlisten(self, listener: _SessionListener) -> None:
+        async with self._mutex:
+            if listener.is_alive():
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await asyncio.wait_for(
+                        listener.conn.remove_listener(q.CHANNEL, listener.deliver), 2.0
+                    )
+
     # --- the loop: keep our locks, sweep the others' ---------------------------
     async def _run(self) -> None:
         while True:
@@ -307,6 +341,24 @@ class Liveness:
                 recovered, len(deleted), ", ".join(deleted), self.grace,
             )  # fmt: skip
         return recovered
+
+
+class _SessionListener:
+    """A subscription on a worker's liveness connection: alive while that connection is."""
+
+    def __init__(self, owner: Liveness, conn: Any, on_new_job: Callable[[str], None]) -> None:
+        self._owner = owner
+        self.conn = conn
+        self._on_new_job = on_new_job
+
+    def deliver(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._on_new_job(payload)
+
+    def is_alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def close(self) -> None:
+        await self._owner._unlisten(self)
 
 
 class PgListener:

@@ -36,13 +36,7 @@ from soniq.backends._dashboard import (
     search_terms,
 )
 from soniq.backends.migrations_pg import apply_migrations, migration_status, unavailable
-from soniq.backends.pg_liveness import (
-    CONNECTION_ERRORS,
-    Liveness,
-    PgListener,
-    close_quietly,
-    pool_is_direct,
-)
+from soniq.backends.pg_liveness import CONNECTION_ERRORS, Liveness, pool_is_direct
 from soniq.errors import DatabaseUnavailableError, SchemaMissingError
 from soniq.events import (
     DeliveryResult,
@@ -431,22 +425,15 @@ class PostgresBackend:
         await self.pool.execute(q.LEASE_RELEASE, role, owner)
 
     async def listen(self, on_new_job: Callable[[str], None]) -> Listener | None:
-        """LISTEN on a direct connection of its own, checked for health; None (poll) when
-        there is none: ``database_url`` is a transaction-mode pooler and no
-        ``listen_database_url`` is set, or the server cannot be reached."""
+        """LISTEN on a direct connection (a registered worker's liveness connection when
+        there is one), checked for health; None (poll) when there is none:
+        ``database_url`` is a transaction-mode pooler and no ``listen_database_url`` is
+        set, or the server cannot be reached."""
         try:
-            conn = await self.liveness.connect("soniq-listen")
+            listener: Listener | None = await self.liveness.listen(
+                on_new_job, self.settings.heartbeat_interval
+            )
         except CONNECTION_ERRORS as exc:
-            log.warning("LISTEN %s unavailable (%s); polling instead", q.CHANNEL, exc)
-            return None
-        if conn is None:
-            return None
-        listener = PgListener(conn, on_new_job, self.settings.heartbeat_interval)
-        try:
-            await conn.add_listener(q.CHANNEL, listener.deliver)
-        except CONNECTION_ERRORS as exc:
-            await listener.close()
-            await close_quietly(conn)
             log.warning("LISTEN %s unavailable (%s); polling instead", q.CHANNEL, exc)
             return None
         return listener
