@@ -92,8 +92,8 @@ class SoniqSettings(BaseSettings):
     job_logs: bool = True
     job_log_level: str = "INFO"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    # Reliability: a direct PostgreSQL URL for each worker's own long-lived connections
-    # (LISTEN and its liveness lock) when database_url points at a transaction-mode
+    # Reliability: a direct PostgreSQL URL for each worker's own long-lived connection
+    # (its LISTEN and its liveness lock) when database_url points at a transaction-mode
     # pooler such as PgBouncer, which cannot hold either.
     listen_database_url: str | None = None
     # Compatibility with the published package (COMPAT.md): explicit task names must
