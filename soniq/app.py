@@ -423,6 +423,12 @@ class Soniq:
         return self.enqueue_sync(target, args=args, scheduled_at=run_at, **kwargs)
 
     # --- inspect and manage -----------------------------------------------
+    async def _reset(self) -> None:
+        """Wipe jobs, dead letters and workers, keeping the pool: the published testing
+        guide's per-test fixture (``await app._reset()``). Schedules and webhooks stay."""
+        await self.ensure_initialized()
+        await self.backend.reset()
+
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The job's full record; a dead-lettered job reports status ``dead_letter``."""
         await self.ensure_initialized()

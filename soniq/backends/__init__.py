@@ -164,6 +164,10 @@ class StorageBackend(Protocol):
 
     async def delete_job(self, job_id: str) -> bool: ...
 
+    async def reset(self) -> None:
+        """Delete every job, dead letter, worker and what hangs off them; keep schedules,
+        webhooks and limits, the schema and the pool (``app._reset()`` in test suites)."""
+
     async def list_workers(self) -> list[WorkerInfo]: ...
 
     # --- dead letters ------------------------------------------------------

@@ -462,6 +462,9 @@ class PostgresBackend:
     async def delete_job(self, job_id: str) -> bool:
         return bool(await self.pool.execute(q.JOB_DELETE, job_id) == "DELETE 1")
 
+    async def reset(self) -> None:
+        await self.pool.execute(q.RESET_RUNTIME_STATE)
+
     async def list_workers(self) -> list[WorkerInfo]:
         rows = await self.pool.fetch(q.WORKER_LIST)
         return [

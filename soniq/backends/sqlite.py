@@ -465,6 +465,11 @@ class SQLiteBackend:
     async def delete_job(self, job_id: str) -> bool:
         return await self._change(q.JOB_DELETE, {"id": job_id}) > 0
 
+    async def reset(self) -> None:
+        async with self._write() as conn:
+            for statement in q.RESET_RUNTIME_STATE:
+                await conn.execute(statement)
+
     async def list_workers(self) -> list[WorkerInfo]:
         return [_worker(r) for r in await self._fetch(q.WORKER_LIST, {})]
 

@@ -1063,3 +1063,14 @@ SELECT b, completed, failed FROM counted
 WHERE completed + failed > 0
 ORDER BY b
 """
+
+
+# --- test reset (app._reset(), the published testing guide) ----------------------
+# Everything a test run leaves behind: jobs and what hangs off them, dead letters,
+# workers and leases. Definitions (schedules, webhooks, queue limits) stay. TRUNCATE
+# skips the row triggers of flow control, which have nothing left to settle.
+RESET_RUNTIME_STATE = """
+TRUNCATE soniq_job_deps, soniq_job_logs, soniq_flow_starts, soniq_throughput,
+         soniq_webhook_deliveries, soniq_jobs, soniq_dead_letter_jobs, soniq_workers,
+         soniq_leases
+"""

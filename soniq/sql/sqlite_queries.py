@@ -676,3 +676,19 @@ FROM buckets LEFT JOIN done ON done.b = buckets.b LEFT JOIN rolled ON rolled.b =
 LEFT JOIN dead ON dead.b = buckets.b
 ORDER BY buckets.b
 """
+
+
+# --- test reset (app._reset(), the published testing guide) ----------------------
+# What a test run leaves behind, dependencies first so no trigger has anything to settle.
+# Definitions (schedules, webhooks, queue limits) stay.
+RESET_RUNTIME_STATE = (
+    "DELETE FROM soniq_job_deps",
+    "DELETE FROM soniq_job_logs",
+    "DELETE FROM soniq_flow_starts",
+    "DELETE FROM soniq_throughput",
+    "DELETE FROM soniq_webhook_deliveries",
+    "DELETE FROM soniq_jobs",
+    "DELETE FROM soniq_dead_letter_jobs",
+    "DELETE FROM soniq_workers",
+    "DELETE FROM soniq_leases",
+)

@@ -1526,3 +1526,31 @@ async def test_schedule_upsert_with_unchanged_timing_keeps_the_stored_due_time(
     # New timing: the given due time wins.
     moved = await backend.schedule_upsert(a_schedule(cron="0 5 * * *", next_run_at=due))
     assert moved.next_run_at == due
+
+
+async def test_reset_wipes_runtime_state_and_keeps_definitions(soniq_app: Soniq) -> None:
+    """``app._reset()``, as the published testing guide's fixtures call it."""
+    app = soniq_app
+    noop = register_noop(app)
+
+    @app.job(name="conf.doomed", retries=0)
+    async def doomed() -> None:
+        raise RuntimeError("no")
+
+    await app.enqueue(noop, n=1)
+    dead = await app.enqueue(doomed)
+    await app.run_worker(run_once=True)
+    assert await app.backend.dead_letter_get(dead) is not None
+    await app.backend.register_worker(worker_info())
+    await app.backend.schedule_upsert(a_schedule())
+    await app.enqueue(noop, n=2)
+
+    await app._reset()
+
+    assert await app.list_jobs(limit=100) == []
+    assert await app.backend.dead_letter_count(queue=None, task=None) == 0
+    assert await app.backend.list_workers() == []
+    assert await app.backend.schedule_get("nightly") is not None  # definitions stay
+    again = await app.enqueue(noop, n=3)  # the pool and schema are still there
+    assert await app.run_worker(run_once=True) is True
+    assert await app.get_result(again) == 3
