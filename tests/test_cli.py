@@ -235,16 +235,6 @@ def test_version() -> None:
     assert package.__version__ in ok(soniq("--version"))
 
 
-def test_dashboard_is_not_available_yet(tmp_path: Path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("soniq.dashboard") is not None:
-        pytest.skip("the dashboard exists now")
-    result = soniq("dashboard", cwd=tmp_path)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == ["error: soniq dashboard is not available yet"]
-
-
 def test_same_database_ignores_cosmetic_differences() -> None:
     base = "postgresql://app:secret@db.example.com:5432/shop"
     assert same_database(base, "postgresql://app:secret@DB.Example.COM/shop")

@@ -688,21 +688,17 @@ async def test_webhooks_and_metrics_see_snoozed_and_cancelled_jobs(soniq_app: So
     assert metrics.get_sample_value("soniq_jobs_cancelled_total", labels) == 1.0
 
 
-async def test_transactional_enqueue_with_dependencies(
-    soniq_app: Soniq, backend_target: tuple[str, str | None]
-) -> None:
-    """depends_on inside the caller's transaction (PostgreSQL), on asyncpg and psycopg."""
-    if backend_target[0] != "postgres":
-        pytest.skip("transactional enqueue is PostgreSQL's (documented difference)")
+async def test_transactional_enqueue_with_dependencies(app: Soniq, pg_url: str) -> None:
+    """depends_on inside the caller's transaction (PostgreSQL only: a documented
+    difference, asserted in test_conformance), on asyncpg and psycopg."""
     import psycopg
 
-    app = soniq_app
     app.settings.enqueue_validation = "none"
     first = await app.enqueue("flow.any", args={})
     async with app.backend.acquire() as conn, conn.transaction():
         waiting = await app.enqueue("flow.any", args={"n": 1}, depends_on=[first], connection=conn)
     assert (await row(app, waiting))["waiting_for"] == [first]
-    url = backend_target[1]
+    url = pg_url
     assert url is not None
     async with await psycopg.AsyncConnection.connect(url) as pconn, pconn.transaction():
         other = await app.enqueue("flow.any", args={"n": 2}, depends_on=[first], connection=pconn)
