@@ -12,90 +12,24 @@ import asyncio
 import json
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from soniq.backends import StorageBackend
 from soniq.backends.memory import MemoryBackend
 from soniq.backends.sqlite import SQLiteBackend, migration_files, split_statements
 from soniq.job import (
     Ack,
-    ClaimedJob,
     Done,
-    NewJob,
-    WorkerInfo,
 )
 from soniq.settings import SoniqSettings
+from tests.backends.test_conformance import assert_utc, new_job
 from tests.helpers import wait_until
 
 UTC = timezone.utc
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL = [name for name, _ in migration_files()]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_job(
-    name: str = "tasks.work",
-    *,
-    queue: str = "default",
-    priority: int = 100,
-    scheduled_at: datetime | None = None,
-    dedup_key: str | None = None,
-    args: dict[str, Any] | None = None,
-    max_attempts: int = 3,
-) -> NewJob:
-    args = args if args is not None else {"n": 1}
-    return NewJob(
-        id=str(uuid.uuid4()), job_name=name, args=args, args_json=json.dumps(args),
-        queue=queue, priority=priority, max_attempts=max_attempts,
-        scheduled_at=scheduled_at, dedup_key=dedup_key,
-    )  # fmt: skip
-
-
-def worker_info(worker_id: str | None = None, queues: list[str] | None = None) -> WorkerInfo:
-    return WorkerInfo(
-        id=worker_id or str(uuid.uuid4()), hostname="host", pid=os.getpid(),
-        queues=queues, concurrency=4,
-    )  # fmt: skip
-
-
-def make(kind: str, path: Path) -> StorageBackend:
-    settings = SoniqSettings()
-    if kind == "memory":
-        return MemoryBackend(settings)
-    return SQLiteBackend(str(path), settings)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageBackend]:
-    instance = make(request.param, tmp_path / "soniq.db")
-    await instance.open()
-    yield instance
-    await instance.close()
-
-
-async def claim_one(backend: StorageBackend, worker: str = "w1") -> ClaimedJob:
-    [job] = await backend.claim(None, worker, 1)
-    return job
-
-
-async def tick() -> None:
-    """Let the clock move on, so that rows written next get a later timestamp."""
-    start = now()
-    await wait_until(lambda: now() > start, timeout=1, interval=0.001, message="clock tick")
-
-
-def assert_utc(value: datetime | None) -> None:
-    assert value is not None and value.tzinfo is not None
-    assert value.utcoffset() == timedelta(0)
 
 
 async def test_concurrent_claims_from_two_objects_on_one_file(tmp_path: Path) -> None:
