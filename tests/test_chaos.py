@@ -645,9 +645,11 @@ async def test_a_claim_whose_answer_was_lost_is_requeued(app: Soniq) -> None:
 
 
 async def test_partitioned_worker_is_replaced_and_its_late_ack_ignored(pg_url: str) -> None:
-    """A's liveness connection is cut (terminated on the server, and the way back through
-    the proxy stalls), so B requeues A's job and runs it. A, still running, finishes later:
-    its ack carries the old lease and changes nothing. Two runs, one outcome: B's."""
+    """A is partitioned from the database: all its connections go through a proxy that
+    stalls (its heartbeats stop) and its liveness connection is terminated on the server,
+    so B requeues A's job and runs it. A, still running, finishes once the network is back:
+    its ack carries the old lease and changes nothing. Two runs, one outcome: B's. (A worker
+    cut off from its lock connection alone still heartbeats, and keeps its jobs.)"""
     port = int(pg_url.split("@127.0.0.1:", 1)[1].split("/", 1)[0])
     proxy = StallingProxy(port)
     await proxy.start()
@@ -655,8 +657,8 @@ async def test_partitioned_worker_is_replaced_and_its_late_ack_ignored(pg_url: s
     release = asyncio.Event()
     runs: list[str] = []
 
-    def make(**extra: Any) -> Soniq:
-        app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, **extra})
+    def make(url: str) -> Soniq:
+        app = Soniq(database_url=url, **FAST_SETTINGS)
 
         @app.job(name="partition.work", retries=3)
         async def work(ctx: JobContext) -> str:
@@ -668,7 +670,7 @@ async def test_partitioned_worker_is_replaced_and_its_late_ack_ignored(pg_url: s
 
         return app
 
-    a_app, b_app = make(listen_database_url=via_proxy), make()
+    a_app, b_app = make(via_proxy), make(pg_url)
     try:
         a = make_worker(a_app)
         async with running(a, concurrency=1):
@@ -687,9 +689,9 @@ async def test_partitioned_worker_is_replaced_and_its_late_ack_ignored(pg_url: s
                 await wait_until(
                     lambda: b_app.get_result(job_id), timeout=15, message="B ran the job"
                 )
-                release.set()  # A finishes now, with its lost claim's lease
+                proxy.flowing.set()  # the network is back ...
+                release.set()  # ... and A finishes now, with its lost claim's lease
                 await wait_until(lambda: a._unwritten == 0 and not a._running, timeout=10)
-            proxy.flowing.set()
         job = await b_app.get_job(job_id)
         assert job is not None
         assert runs == [a.worker_id, b.worker_id]

@@ -157,6 +157,8 @@ class Liveness:
         self._pool = pool
         self._url = direct_url
         self.tick, self.grace = liveness_timing(settings)
+        # Two missed heartbeats: with the lock free for ``grace`` too, the worker is gone.
+        self.silent = 2 * settings.heartbeat_interval
         self._sessions: dict[str, _Session] = {}
         self._first_free: dict[str, float] = {}  # other workers' free locks: since when
         self._task: asyncio.Task[None] | None = None
@@ -316,7 +318,7 @@ class Liveness:
 
     async def sweep(self) -> int:
         """Requeue the jobs of workers whose lock has been free for ``grace``; how many."""
-        rows = await self._pool.fetch(q.WORKER_LOCKS_FREE, list(self._sessions))
+        rows = await self._pool.fetch(q.WORKER_LOCKS_FREE, list(self._sessions), self.silent)
         now = time.monotonic()
         free = {str(r[0]) for r in rows}
         for worker_id in [w for w in self._first_free if w not in free]:
@@ -327,7 +329,7 @@ class Liveness:
         if not gone:
             return 0
         async with self._pool.acquire() as conn, conn.transaction():
-            deleted = [str(r[0]) for r in await conn.fetch(q.WORKER_DELETE_LOST, gone)]
+            deleted = [str(r[0]) for r in await conn.fetch(q.WORKER_DELETE_LOST, gone, self.silent)]
             recovered = 0
             if deleted:
                 row = await conn.fetchrow(q.JOB_RECOVER_OF_WORKERS, LOST_WORKER_ERROR, deleted)

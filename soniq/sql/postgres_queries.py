@@ -568,9 +568,13 @@ ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), lock_key = EXCLUDED.lock_
 # Workers whose lock nobody holds, other than this process's own ($1). The probe
 # takes a free lock only for this statement (transaction-level), so it never
 # outlives the look.
+# Free lock AND silent (no heartbeat for $2 seconds): a live worker whose lock connection
+# could not be (re)opened - the server out of connections, a slow reconnect - still
+# heartbeats through its pool, and must not have its running jobs handed to another.
 WORKER_LOCKS_FREE = """
 SELECT id FROM soniq_workers
 WHERE lock_key IS NOT NULL AND NOT (id = ANY($1::uuid[]))
+  AND last_heartbeat < now() - make_interval(secs => $2)
   AND pg_try_advisory_xact_lock(lock_key)
 """
 # Delete the workers found gone, re-checking the lock in the same transaction: a
@@ -578,7 +582,9 @@ WHERE lock_key IS NOT NULL AND NOT (id = ANY($1::uuid[]))
 # the transaction-level lock held until commit keeps it from retaking it half-way).
 WORKER_DELETE_LOST = """
 DELETE FROM soniq_workers
-WHERE id = ANY($1::uuid[]) AND lock_key IS NOT NULL AND pg_try_advisory_xact_lock(lock_key)
+WHERE id = ANY($1::uuid[]) AND lock_key IS NOT NULL
+  AND last_heartbeat < now() - make_interval(secs => $2)
+  AND pg_try_advisory_xact_lock(lock_key)
 RETURNING id
 """
 # The jobs of exactly those workers ($2): requeued, or dead-lettered on their last
