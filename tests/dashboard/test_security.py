@@ -193,6 +193,7 @@ async def test_read_only_hides_and_refuses_every_write(
         assert (await http.post("/api/dead-letter/purge", json={"all": True})).status_code == 403
         html = (await http.get(f"/jobs/{dead_id}")).text
         assert "<form" not in html.split("<main")[1] and "read-only" in html
+        assert f"<title>Job {dead_id[:8]} · Soniq</title>" in html  # the title is the title
         assert 'name="ids"' not in (await http.get("/dead-letter")).text
     assert await replays(app, dead_id) == 0
 
