@@ -31,7 +31,7 @@ from soniq.discovery import discover_app
 from soniq.errors import DiscoveryError
 from soniq.job import WorkerInfo
 from soniq.sql import migration_files
-from tests.conftest import _with_db
+from soniq.testing.postgres import with_database as _with_db
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.processes import SoniqProcess
 from tests.worker_support import connect

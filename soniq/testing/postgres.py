@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -74,23 +76,46 @@ async def _admin(url: str, sql: str) -> None:
 
 
 def admin_url() -> str:
-    """A URL allowed to create databases, found or started as the module doc says."""
+    """A URL allowed to create databases, found or started as the module doc says.
+
+    Raises ``DatabaseUnavailableError`` saying what to set when there is none to be had.
+    """
     explicit = os.environ.get("SONIQ_TEST_DATABASE_URL")
     if explicit:
         return explicit
     if run_sync(_reachable(LOCAL_URL)):
         return LOCAL_URL
+    return _start_throwaway_server()
+
+
+def _no_server(why: str) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"No PostgreSQL for the tests: nothing answers on localhost:5432 and {why}. Set "
+        "SONIQ_TEST_DATABASE_URL to a PostgreSQL URL whose user may create databases (for "
+        "example postgresql://postgres@localhost:5432/postgres), or start a server on "
+        "localhost:5432 that user postgres can reach without a password."
+    )
+
+
+def _start_throwaway_server() -> str:
+    """A private PostgreSQL from ``pgserver`` (binaries in its wheel), deleted at exit."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs warns without XDG_RUNTIME_DIR
+            # platformdirs warns while pgserver loads when XDG_RUNTIME_DIR is unset (most
+            # containers and CI runners) and falls back to /tmp, which is fine here.
+            warnings.simplefilter("ignore")
             from pgserver.postgres_server import get_server  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        raise DatabaseUnavailableError(
-            "No PostgreSQL for the tests: nothing answers on localhost:5432 and pgserver is "
-            "not installed. Set SONIQ_TEST_DATABASE_URL to a URL whose user may create "
-            "databases, start PostgreSQL on localhost:5432, or `pip install pgserver`."
-        ) from None
-    server = get_server(tempfile.mkdtemp(prefix="soniq-pg-"), cleanup_mode="delete")
+        raise _no_server("pgserver is not installed (`pip install pgserver`)") from None
+    if os.geteuid() == 0 and shutil.which("useradd") is None:
+        # postgres refuses to run as root: pgserver then runs it as a system user
+        # "pgserver", which it creates with useradd.
+        raise _no_server("the throwaway server cannot start as root without `useradd`")
+    try:
+        server = get_server(tempfile.mkdtemp(prefix="soniq-pg-"), cleanup_mode="delete")
+    except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+        why = f"the throwaway server (pgserver) did not start ({type(exc).__name__}: {exc})"
+        raise _no_server(why) from None
     return str(server.get_uri())
 
 
