@@ -241,7 +241,7 @@ class SQLiteBackend:
             raise self._unavailable(exc) from None
         conn.row_factory = sqlite3.Row
         try:
-            for pragma in (q.PRAGMA_BUSY_TIMEOUT, q.PRAGMA_JOURNAL_WAL, q.PRAGMA_SYNCHRONOUS):
+            for pragma in q.CONNECTION_PRAGMAS:
                 # Switching a new file to WAL can report "locked" at once, without
                 # waiting busy_timeout, while another process does the same.
                 await self._retry_busy(functools.partial(_run, conn, pragma, {}))
