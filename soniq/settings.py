@@ -106,6 +106,10 @@ class SoniqSettings(BaseSettings):
     sync_handler_grace_seconds: float | None = Field(default=None, ge=0)
     scheduler_suppress_warning: bool = False
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Speed: `soniq worker` runs its event loop on uvloop when it is installed
+    # (`pip install 'soniq[speed]'`); false keeps asyncio's own loop. A worker started
+    # with `await app.run_worker()` runs on its caller's loop, which Soniq cannot choose.
+    use_uvloop: bool = True
 
     _pool_max_size_explicit: bool = PrivateAttr(default=False)
     _split_queues = field_validator("queues", "jobs_modules", "plugins", mode="before")(split_csv)
@@ -137,6 +141,12 @@ class SoniqSettings(BaseSettings):
         # `SONIQ_DEBUG=` (set but empty, as .env templates leave it) means off, not an
         # error that would stop every command.
         return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("use_uvloop", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        # `SONIQ_USE_UVLOOP=` (set but empty) keeps the default rather than failing.
+        return True if isinstance(value, str) and not value.strip() else value
 
     @field_validator("task_name_pattern")
     @classmethod

@@ -710,6 +710,47 @@ def test_worker_refuses_several_instances(tmp_path: Path) -> None:
     assert "multi.first" in stderr and "multi.second" in stderr
 
 
+LOOP_JOBS = """
+import asyncio
+
+from soniq import Soniq
+
+app = Soniq({url!r})
+
+
+@app.job(name="loop.where")
+async def where() -> None:
+    print("job ran on", type(asyncio.get_running_loop()).__module__.split(".")[0])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop does not support Windows")
+@pytest.mark.parametrize(("switch", "expected"), [(None, "uvloop"), ("false", "asyncio")])
+async def test_worker_runs_on_uvloop_unless_switched_off(
+    switch: str | None, expected: str, tmp_path: Path
+) -> None:
+    """``soniq worker`` runs on uvloop when it is installed (the test extra installs it via
+    soniq[speed]) and on asyncio's own loop with SONIQ_USE_UVLOOP=false; it says which."""
+    url = str(tmp_path / "loop.db")
+    write_module(tmp_path, "loopjobs", LOOP_JOBS.format(url=url))
+    producer = Soniq(url)
+
+    @producer.job(name="loop.where")
+    async def where() -> None: ...
+
+    try:
+        await producer.enqueue(where)
+    finally:
+        await producer.close()
+    extra = {"SONIQ_USE_UVLOOP": switch} if switch is not None else {}
+    env = cli_env(SONIQ_JOBS_MODULES="loopjobs", **WORKER_ENV, **extra)
+    result = soniq("worker", "--run-once", env=env, cwd=tmp_path)
+    ok(result)
+    assert f"job ran on {expected}" in result.stdout
+    reason = " (SONIQ_USE_UVLOOP is off)" if switch is not None else ""
+    assert f"event loop: {expected}{reason}\n" in result.stderr
+
+
 # --- discovery in-process ---------------------------------------------------------
 @pytest.fixture
 def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -932,7 +973,7 @@ def test_invalid_dotenv_setting_is_one_clear_error(tmp_path: Path) -> None:
 # --- lean install: the core never imports an extra's packages ---------------------------------
 OPTIONAL_PACKAGES = (
     "starlette", "jinja2", "uvicorn", "httpx", "cryptography", "prometheus_client",
-    "opentelemetry", "multipart", "python_multipart",
+    "opentelemetry", "multipart", "python_multipart", "uvloop",
 )  # fmt: skip
 
 # Makes the extras' packages look not installed, the way a lean install sees them: every
@@ -1051,4 +1092,7 @@ def test_core_and_cli_import_no_extra_packages(tmp_path: Path) -> None:
         ["dead-letter", "list", "--database-url", "core.db"],
         ["migrate-status", "--database-url", "core.db"],
     ):
-        ok(run(["-m", "soniq", *command], blocked=True))
+        result = run(["-m", "soniq", *command], blocked=True)
+        ok(result)
+        if command[0] == "worker":  # no soniq[speed]: asyncio's loop, and why
+            assert "event loop: asyncio (uvloop is not installed;" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import traceback
@@ -11,7 +12,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
@@ -121,12 +123,41 @@ def _debug() -> bool:
         return False  # already failing; an invalid setting must not hide the first error
 
 
-def run_app(io: Io, build: Callable[[], Soniq], body: Callable[[Soniq], Awaitable[T]]) -> T:
-    """Build the app, run ``body`` on it in a fresh event loop, close it, map errors."""
+def run_app(
+    io: Io,
+    build: Callable[[], Soniq],
+    body: Callable[[Soniq], Awaitable[T]],
+    *,
+    uvloop: ModuleType | None = None,
+) -> T:
+    """Build the app, run ``body`` on it in a fresh event loop, close it, map errors.
+
+    The loop is uvloop's when ``uvloop`` (the module, from ``worker_uvloop``) is given.
+    """
     with cli_errors(io):
         app = build()
+        if uvloop is not None:
+            return cast(T, uvloop.run(_with_app(app, body)))
         return asyncio.run(_with_app(app, body))
     raise AssertionError("unreachable")  # pragma: no cover - cli_errors always exits
+
+
+def worker_uvloop(settings: SoniqSettings) -> tuple[ModuleType | None, str]:
+    """uvloop for ``soniq worker``'s event loop, or None and why asyncio's loop runs instead.
+
+    Imported only here, when a worker starts: ``import soniq`` never loads an extra.
+    """
+    if not settings.use_uvloop:
+        return None, "SONIQ_USE_UVLOOP is off"
+    try:
+        return importlib.import_module("uvloop"), ""
+    except ImportError:
+        return None, "uvloop is not installed; pip install 'soniq[speed]' for it"
+
+
+def running_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the package of the running event loop's class."""
+    return type(asyncio.get_running_loop()).__module__.split(".", 1)[0]
 
 
 async def _with_app(app: Soniq, body: Callable[[Soniq], Awaitable[T]]) -> T:

@@ -22,8 +22,10 @@ from soniq.cli._common import (
     jobs_modules_env,
     resolve_url,
     run_app,
+    running_loop_name,
     same_database,
     split_csv,
+    worker_uvloop,
 )
 from soniq.utils import mask_url
 
@@ -153,10 +155,13 @@ def worker(
             serve(app.metrics, port)
         log.info("Prometheus metrics on :%d/metrics", port)
 
+    uvloop, why_not = worker_uvloop(app.settings)
+
     async def body(instance: Soniq) -> bool:
+        log.info("event loop: %s", running_loop_name() + (f" ({why_not})" if why_not else ""))
         return await instance.run_worker(concurrency=slots, run_once=run_once, queues=queue_list)
 
-    run_app(io, lambda: app, body)
+    run_app(io, lambda: app, body, uvloop=uvloop)
     log.info("soniq %s worker stopped: %s", soniq.__version__, where)
 
 
