@@ -308,6 +308,85 @@ async def test_sqlite_prune_works_in_chunks(
         await backend.close()
 
 
+# --- one trip to aiosqlite's thread per transaction (SQLiteBackend._transact) --------
+
+
+async def test_sqlite_connection_pragmas(tmp_path: Path) -> None:
+    """WAL, synchronous=NORMAL (1), the checkpoint interval and the page cache."""
+    backend = SQLiteBackend(str(tmp_path / "pragmas.db"), SoniqSettings())
+    try:
+        await backend.open()
+        conn = await backend._connection()
+        got = {
+            name: (await conn.execute_fetchall(f"PRAGMA {name}"))[0][0]
+            for name in ("journal_mode", "synchronous", "wal_autocheckpoint", "cache_size")
+        }
+        assert got == {
+            "journal_mode": "wal", "synchronous": 1, "wal_autocheckpoint": 4000,
+            "cache_size": -16384,
+        }  # fmt: skip
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_claim_cancelled_before_commit_claims_nothing(tmp_path: Path) -> None:
+    """A claim whose caller is cancelled while its transaction waits on (or runs on)
+    aiosqlite's thread is rolled back: no job is left 'processing' with a lease nobody holds."""
+    import threading
+
+    backend = SQLiteBackend(str(tmp_path / "cancel.db"), SoniqSettings())
+    try:
+        await backend.enqueue([new_job() for _ in range(3)])
+        conn = await backend._connection()
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(conn._execute(gate.wait, 10))  # occupies the thread
+        claim = asyncio.create_task(backend.claim(None, "w", 10))
+        await asyncio.sleep(0.05)  # the claim's transaction is queued behind the blocker
+        claim.cancel()
+        gate.set()
+        await blocker
+        with pytest.raises(asyncio.CancelledError):
+            await claim
+        jobs = await backend.list_jobs(queue=None, status=None, limit=10, offset=0)
+        assert [(j.status, j.attempts) for j in jobs] == [("queued", 0)] * 3
+        assert len(await backend.claim(None, "w", 10)) == 3  # the backend still works
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_failed_transaction_writes_nothing_and_busy_begin_retries(
+    tmp_path: Path,
+) -> None:
+    """An error inside the work rolls the whole transaction back; a BEGIN that finds another
+    connection's write lock waits for it (busy_timeout, then retries) instead of failing."""
+    import sqlite3
+
+    path = tmp_path / "tx.db"
+    backend = SQLiteBackend(str(path), SoniqSettings())
+    try:
+        await backend.open()
+
+        def insert_then_fail(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO soniq_leases (role, owner, expires_at) VALUES ('r', 'o', 0)")
+            raise RuntimeError("half-way")
+
+        with pytest.raises(RuntimeError, match="half-way"):
+            await backend._transact(insert_then_fail)
+        assert await backend._fetch("SELECT * FROM soniq_leases", {}) == []
+
+        other = sqlite3.connect(str(path), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        job = new_job()
+        enqueue = asyncio.create_task(backend.enqueue([job]))
+        await asyncio.sleep(0.2)
+        assert not enqueue.done()
+        other.execute("ROLLBACK")
+        other.close()
+        assert await asyncio.wait_for(enqueue, 10) == [job.id]
+    finally:
+        await backend.close()
+
+
 # --- memory: SQLite on a private in-memory database ---------------------------------
 
 
