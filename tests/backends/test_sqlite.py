@@ -14,6 +14,7 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -318,7 +319,7 @@ async def test_sqlite_connection_pragmas(tmp_path: Path) -> None:
         await backend.open()
         conn = await backend._connection()
         got = {
-            name: (await conn.execute_fetchall(f"PRAGMA {name}"))[0][0]
+            name: next(iter(await conn.execute_fetchall(f"PRAGMA {name}")))[0]
             for name in ("journal_mode", "synchronous", "wal_autocheckpoint", "cache_size")
         }
         assert got == {
@@ -339,7 +340,8 @@ async def test_sqlite_claim_cancelled_before_commit_claims_nothing(tmp_path: Pat
         await backend.enqueue([new_job() for _ in range(3)])
         conn = await backend._connection()
         gate = threading.Event()
-        blocker = asyncio.ensure_future(conn._execute(gate.wait, 10))  # occupies the thread
+        on_thread: Any = conn._execute  # aiosqlite's own queue to its thread
+        blocker = asyncio.ensure_future(on_thread(gate.wait, 10))  # occupies the thread
         claim = asyncio.create_task(backend.claim(None, "w", 10))
         await asyncio.sleep(0.05)  # the claim's transaction is queued behind the blocker
         claim.cancel()
