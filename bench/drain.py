@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -50,7 +51,7 @@ async def run(backend: str, n: int, concurrency: int, trace: int) -> None:
         )
         await fresh_pg(url)
     else:
-        url = os.path.join(tempfile.mkdtemp(), "bench.db")
+        url = os.path.join(tempfile.mkdtemp(prefix="soniq-drain-"), "bench.db")
     app = Soniq(database_url=url, log_level="WARNING", pool_max_size=max(20, concurrency + 4))
     await app.setup()
     seen = 0
@@ -88,6 +89,8 @@ async def run(backend: str, n: int, concurrency: int, trace: int) -> None:
     worker.cancel()
     await asyncio.gather(worker, return_exceptions=True)
     await app.close()
+    if backend == "sqlite":
+        shutil.rmtree(os.path.dirname(url), ignore_errors=True)  # 1M jobs: about a GiB
     growth = (rss_end - marks["rss10"]) / marks["rss10"] * 100
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(
