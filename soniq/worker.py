@@ -34,6 +34,7 @@ from typing import Any
 
 from soniq.backends import Listener, StorageBackend
 from soniq.backends.checked import checked
+from soniq.claiming import ClaimPacer
 from soniq.core.middleware import Middleware, run_chain
 from soniq.core.registry import JobDefinition, JobRegistry
 from soniq.core.retry import ExponentialBackoff, RetryPolicy
@@ -68,6 +69,8 @@ from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
 
 log = logging.getLogger("soniq.worker")
+# Shutdown waits this long for claims in flight to answer before cancelling them.
+CLAIM_SETTLE_TIMEOUT = 10.0
 
 
 class _Deadline:
@@ -145,6 +148,9 @@ class Worker:
         self._processed = 0
         self._listener: Listener | None = None
         self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
+        self._pacer = ClaimPacer(1)  # replaced by _loop with the run's concurrency
+        self._claims: set[asyncio.Task[None]] = set()  # claims awaiting their answer
+        self._drained = False  # run_once: an empty claim saw every outcome written
         # Flow control (soniq/flow.py): whether to claim within limits, the running jobs
         # cancel_job() asked to stop, and when a rate-limited queue reopens.
         self._flow: FlowLimits | None = None
@@ -180,36 +186,70 @@ class Worker:
         self._check_capacity(concurrency)
         self._reset_state()
         queues = list(queues) if queues else None
+        pacer = self._pacer = ClaimPacer(concurrency)  # when to claim, and how many
         side_loops = await self._start(concurrency, queues, listen=not drain)
         try:
-            while not self._stopping:
+            while not self._stopping and not self._drained:
+                self._wake.clear()  # set by a finished job, a claim's answer, NOTIFY, stop()
                 free = concurrency - len(self._running)
                 if max_jobs is not None:
                     free = min(free, max_jobs - self._processed - len(self._running))
-                    if free <= 0 and not self._running:
+                    if free - pacer.reserved <= 0 and not self._running and not pacer.in_flight:
                         break
-                self._wake.clear()  # set again by a finished job, a NOTIFY or stop()
-                if free <= 0:
-                    await self._wait(None)
-                    continue
-                # A drain ends only after a claim that saw every outcome written: an
-                # unwritten Retry due now would otherwise be left behind.
-                settled = not self._running and not self._unwritten
-                jobs = await self._claim(queues, free)
-                if jobs:
-                    self._start_jobs(jobs)
-                elif not drain:
-                    await self._wait(self._idle_wait())  # NOTIFY wakes us sooner
-                elif settled:
-                    break
-                elif self._running or self._unwritten:
-                    await self._wait(None)  # a finishing job or the ack loop wakes us
-                # else: outcomes were written while we claimed: claim once more
+                n, wait = pacer.plan(free, len(self._running), time.monotonic())
+                if n:
+                    self._claim_soon(queues, n, drain)
+                else:
+                    await self._wait(wait)
         finally:
+            await self._settle_claims()
             await self._shutdown(side_loops)
         return self._processed > 0
 
-    async def _claim(self, queues: Sequence[str] | None, limit: int) -> list[ClaimedJob]:
+    async def _claim_and_start(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
+        """One claim, as a task of its own so that the next can overlap it (backlog)."""
+        pacer = self._pacer
+        # A drain ends only after an empty claim that saw every outcome written: an
+        # unwritten Retry due now would otherwise be left behind.
+        settled = not self._running and not self._unwritten and pacer.in_flight == 1
+        sent, got, pokes = time.monotonic(), 0, pacer.pokes
+        idle_wait: float | None = 0.0
+        try:
+            jobs = await self._claim(queues, n)
+            idle_wait = None if drain else self._idle_wait()  # after the claim: its retry_in
+            if jobs is None:  # the database is away: back off (stop() ends it sooner)
+                await self._wait(self.settings.error_retry_delay)
+                jobs, idle_wait = [], 0.0
+            got = len(jobs)
+            if jobs:
+                self._start_jobs(jobs)
+            elif drain and settled:
+                self._drained = True
+        finally:
+            pacer.answered(n, got, sent, time.monotonic(), idle_wait, pokes)
+            self._wake.set()
+
+    def _claim_soon(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
+        task = asyncio.create_task(self._claim_and_start(queues, n, drain))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _settle_claims(self) -> None:
+        """Let claims in flight answer (their jobs then run or are requeued by the
+        shutdown); one that hangs is cancelled, and the backend requeues what it took."""
+        if self._claims:
+            await asyncio.wait(self._claims, timeout=CLAIM_SETTLE_TIMEOUT)
+            for task in self._claims:
+                task.cancel()
+            await asyncio.gather(*self._claims, return_exceptions=True)
+
+    def _poke(self) -> None:
+        """Work may be available (a NOTIFY, a free slot, an outcome written): wake the loop."""
+        self._pacer.poke()
+        self._wake.set()
+
+    async def _claim(self, queues: Sequence[str] | None, limit: int) -> list[ClaimedJob] | None:
+        """The claimed jobs; ``None`` when the claim failed (logged)."""
         try:
             flow = self._flow
             if flow is not None and flow.due():  # limits configured? re-read each poll_interval
@@ -224,8 +264,7 @@ class Worker:
                 "Claiming jobs failed (%s: %s); retrying in %ss",
                 type(exc).__name__, exc, self.settings.error_retry_delay,
             )  # fmt: skip
-            await self._wait(self.settings.error_retry_delay)
-            return []
+            return None
 
     def _start_jobs(self, jobs: list[ClaimedJob]) -> None:
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at or _EPOCH))
@@ -240,8 +279,20 @@ class Worker:
         self._wake.set()
 
     async def _wait(self, timeout: float | None) -> None:
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        """Until woken, or ``timeout`` seconds. A timer sets the event rather than
+        ``asyncio.wait_for``: on 3.11 that can swallow a cancellation arriving as the
+        event fires, and a cancelled ``run_worker`` then never stopped."""
+        if timeout is not None and timeout <= 0:
+            return
+        timer = None if timeout is None else self._loop_timer(timeout)
+        try:
+            await self._wake.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _loop_timer(self, timeout: float) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(timeout, self._wake.set)
 
     def _idle_wait(self) -> float:
         """``poll_interval``, or less when a rate-limited queue reopens sooner: the worker
@@ -470,7 +521,7 @@ class Worker:
                 await self._write(batch, records)
                 self._count_done(batch)
                 self._unwritten -= len(batch)
-                self._wake.set()
+                self._poke()  # e.g. a Retry due now, a concurrency limit with room again
             except asyncio.CancelledError:
                 # Shutdown cancels the ack loop, possibly mid-write: keep the batch so
                 # the final flush writes it (acks are idempotent thanks to the lease).
@@ -568,7 +619,7 @@ class Worker:
             if queue.startswith(CANCEL_NOTICE):  # cancel_job() of a running job
                 self._cancel_running(queue[len(CANCEL_NOTICE) :])
             elif wanted is None or queue in wanted:
-                self._wake.set()
+                self._poke()
 
         return wake
 
@@ -629,7 +680,7 @@ class Worker:
                 log.warning("Subscribing to new-job notifications failed: %s", exc)
             if self._listener is not None:
                 log.info("LISTEN connection re-established")
-                self._wake.set()  # jobs may have arrived while nobody was listening
+                self._poke()  # jobs may have arrived while nobody was listening
 
     async def _maintenance_loop(self) -> None:
         """Recover jobs of dead workers and prune expired results, one leader at a time."""
