@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -85,6 +85,11 @@ from soniq.sql import postgres_queries as q
 from soniq.utils import describe_target
 
 log = logging.getLogger("soniq.postgres")
+# Pruning deletes at most this many rows per transaction (a backend's ``prune_batch``
+# overrides it, e.g. a test's batch of 2), then pauses for PRUNE_PAUSE times as long as
+# the batch took: a big prune then leaves most of the server to claims and acks.
+PRUNE_BATCH = 2000
+PRUNE_PAUSE = 1.0
 CLOSE_TIMEOUT = 10.0
 # Enqueues PostgreSQL aborted as a deadlock victim are run again this many times in all.
 DEADLOCK_RETRIES = 3
@@ -99,6 +104,7 @@ class PostgresBackend:
 
     name = "postgres"
     supports_transactions = True
+    prune_batch: int | None = None  # rows per prune transaction; None: PRUNE_BATCH
 
     def __init__(
         self,
@@ -414,9 +420,35 @@ class PostgresBackend:
         return int(row[0])
 
     async def prune(self) -> int:
-        status = await self.pool.execute(q.JOB_PRUNE)
-        await self.pool.execute(q.THROUGHPUT_PRUNE)
-        return int(status.split()[-1])
+        """Expired done rows, then rollup rows past 8 days: batches, one transaction each.
+
+        Between batches the connection goes back to the pool and the task sleeps
+        (PRUNE_PAUSE): no transaction spans batches, and claims and acks interleave.
+        """
+        batch = self.prune_batch or PRUNE_BATCH
+        total, since = 0, datetime.min.replace(tzinfo=timezone.utc)
+        while True:
+            started = time.monotonic()
+            row = await self.pool.fetchrow(q.JOB_PRUNE, batch, since)
+            removed, since = int(row[0]), row[1]
+            total += removed
+            if removed < batch:
+                break
+            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+        await self._prune_batches(q.THROUGHPUT_PRUNE)
+        return total
+
+    async def _prune_batches(self, sql: str) -> int:
+        """Run a ``DELETE ... LIMIT $1`` until it deletes less than a batch; the total."""
+        batch = self.prune_batch or PRUNE_BATCH
+        total = 0
+        while True:
+            started = time.monotonic()
+            removed = int((await self.pool.execute(sql, batch)).split()[-1])
+            total += removed
+            if removed < batch:
+                return total
+            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
         return await self.pool.fetchval(q.LEASE_TAKE, role, owner, float(ttl)) is not None
@@ -670,10 +702,17 @@ class PostgresBackend:
         return [_log_entry(r) for r in rows]
 
     async def observability_prune(self) -> int:
-        removed = 0
-        for sql in (q.JOB_LOGS_PRUNE, q.WEBHOOK_DELIVERIES_PRUNE):
-            removed += int((await self.pool.execute(sql)).split()[-1])
-        return removed
+        batch = self.prune_batch or PRUNE_BATCH
+        removed, after = 0, 0
+        while True:  # orphaned logs: the table in windows of a batch, by id
+            started = time.monotonic()
+            row = await self.pool.fetchrow(q.JOB_LOGS_PRUNE, batch, after)
+            removed += int(row[0])
+            if row[1] is None:
+                break
+            after = int(row[1])
+            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+        return removed + await self._prune_batches(q.WEBHOOK_DELIVERIES_PRUNE)
 
     async def queue_oldest(self) -> dict[str, float]:
         return {r[0]: float(r[1]) for r in await self.pool.fetch(q.QUEUE_OLDEST)}

@@ -109,8 +109,11 @@ DEFAULT_PATH = "soniq.db"
 # How long a write keeps retrying BEGIN IMMEDIATE (each try already waits
 # busy_timeout) before reporting the database as unavailable.
 BUSY_RETRY_SECONDS = 30.0
-# Rows deleted per prune transaction (other writers get the lock in between).
+# Rows deleted per prune transaction (other writers get the lock in between; a backend's
+# ``prune_batch`` overrides it). After each, the prune pauses PRUNE_PAUSE times as long as
+# the chunk took, so a big prune leaves most of the write lock to claims and acks.
 PRUNE_CHUNK = 2000
+PRUNE_PAUSE = 1.0
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,6 +146,7 @@ class SQLiteBackend:
 
     name = "sqlite"
     supports_transactions = False
+    prune_batch: int | None = None  # rows per prune transaction; None: PRUNE_CHUNK
 
     def __init__(self, path: str = DEFAULT_PATH, settings: SoniqSettings | None = None) -> None:
         self.path = path or DEFAULT_PATH
@@ -442,14 +446,22 @@ class SQLiteBackend:
         return len(requeued) + buried
 
     async def prune(self) -> int:
-        params = {"now": _us(utc_now()), "limit": PRUNE_CHUNK}
+        now = _us(utc_now())
+        total = await self._prune_chunks(q.JOB_PRUNE, {"now": now})
+        await self._prune_chunks(q.THROUGHPUT_PRUNE, {"now": now})
+        return total
+
+    async def _prune_chunks(self, sql: str, params: Params) -> int:
+        """Run a ``DELETE ... LIMIT :limit`` until it deletes less than a chunk; the total."""
+        limit = self.prune_batch or PRUNE_CHUNK
         total = 0
         while True:
-            removed = await self._change(q.JOB_PRUNE, params)
+            started = time.monotonic()
+            removed = await self._change(sql, {**params, "limit": limit})
             total += removed
-            if removed < PRUNE_CHUNK:
-                await self._change(q.THROUGHPUT_PRUNE, {"now": params["now"]})
+            if removed < limit:
                 return total
+            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
         now = utc_now()
@@ -738,8 +750,19 @@ class SQLiteBackend:
 
     async def observability_prune(self) -> int:
         cutoff = _us(utc_now() - timedelta(days=7))
-        logs = await self._change(q.JOB_LOGS_PRUNE, {})
-        return logs + await self._change(q.WEBHOOK_DELIVERIES_PRUNE, {"cutoff": cutoff})
+        window: Params = {"after": 0, "limit": self.prune_batch or PRUNE_CHUNK}
+        removed = 0
+        while True:  # orphaned logs: the table in windows of a chunk, by id
+            started = time.monotonic()
+            async with self._write() as conn:
+                async with conn.execute(q.JOB_LOGS_WINDOW_END, window) as cursor:
+                    end = (await cursor.fetchone() or [None])[0]
+                removed += await _changes(conn, q.JOB_LOGS_PRUNE, window)
+            if end is None:
+                break
+            window["after"] = end
+            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+        return removed + await self._prune_chunks(q.WEBHOOK_DELIVERIES_PRUNE, {"cutoff": cutoff})
 
     async def queue_oldest(self) -> dict[str, float]:
         now = utc_now()

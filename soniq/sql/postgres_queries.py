@@ -204,7 +204,27 @@ SELECT (SELECT count(*) FROM requeued) + (SELECT count(*) FROM dead) AS n,
 """
 )
 
-JOB_PRUNE = "DELETE FROM soniq_jobs WHERE status = 'done' AND expires_at <= now()"
+# Pruning runs in batches of $1 rows, each its own short transaction (PostgresBackend.prune
+# repeats a statement until it comes back short). Rows are found by an index on their
+# expiry (0008_history.sql), so a batch, and the last short one, reads only what it
+# deletes, not the history kept. Each batch starts at the previous one's last expiry ($2,
+# -infinity first): the index entries of rows already deleted stay until vacuum, and a
+# scan from the start would step over all of them again, batch after batch. Only done
+# rows are locked, and with SKIP LOCKED: claims and acks never touch them, and two
+# leaders (a lease that ran out mid-prune) take disjoint batches instead of waiting.
+# Returns the rows deleted and the last expiry among them.
+JOB_PRUNE = """
+WITH expired AS (
+    SELECT id FROM soniq_jobs
+    WHERE status = 'done' AND expires_at <= now() AND expires_at >= $2
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM soniq_jobs j USING expired WHERE j.id = expired.id RETURNING j.expires_at
+)
+SELECT count(*), max(expires_at) FROM gone
+"""
 
 LEASE_TAKE = """
 INSERT INTO soniq_leases (role, owner, expires_at)
@@ -238,8 +258,15 @@ UPDATE soniq_jobs SET status = 'cancelled', updated_at = now(), completed_at = n
 WHERE id = $1 AND status = 'queued'
 """
 JOB_DELETE = "DELETE FROM soniq_jobs WHERE id = $1"
+# Exact counts that stay fast with a big history: done rows (most of the table) by an
+# index-only scan of soniq_jobs_done_queue_idx (0008_history.sql; one key per queue, so
+# deduplicated and small), the few others through soniq_jobs_live_recent_idx, dead
+# letters by soniq_dead_letter_queue_idx.
 QUEUE_STATS = """
-SELECT queue, status, count(*)::bigint AS n FROM soniq_jobs GROUP BY queue, status
+SELECT queue, status, count(*)::bigint AS n FROM soniq_jobs WHERE status <> 'done'
+GROUP BY queue, status
+UNION ALL
+SELECT queue, 'done', count(*)::bigint FROM soniq_jobs WHERE status = 'done' GROUP BY queue
 UNION ALL
 SELECT queue, 'dead_letter', count(*)::bigint FROM soniq_dead_letter_jobs GROUP BY queue
 """
@@ -493,16 +520,32 @@ WHERE logged_at >= $1 AND ($2::uuid IS NULL OR job_id = $2) AND level >= $3
 ORDER BY logged_at DESC, id DESC
 LIMIT $5
 """
-# Logs live as long as their job: in soniq_jobs or the dead-letter table.
+# Logs live as long as their job: in soniq_jobs or the dead-letter table. Orphans have
+# no index to find them, so the table is walked in windows of $1 records by id (after
+# $2): each transaction reads a bounded slice, whatever the share of orphans in it.
+# Returns the rows deleted and the window's last id (NULL: the walk is over).
 JOB_LOGS_PRUNE = """
-DELETE FROM soniq_job_logs l
-WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = l.job_id)
-  AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = l.job_id)
+WITH win AS (
+    SELECT id, job_id FROM soniq_job_logs WHERE id > $2 ORDER BY id LIMIT $1
+), gone AS (
+    DELETE FROM soniq_job_logs l USING win
+    WHERE l.id = win.id
+      AND NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = win.job_id)
+      AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = win.job_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT max(id) FROM win)
 """
-# Settled deliveries are history; a week of it is kept.
+# Settled deliveries are history; a week of it is kept. Batches of $1, found by
+# soniq_webhook_deliveries_settled_idx (0008_history.sql).
 WEBHOOK_DELIVERIES_PRUNE = """
-DELETE FROM soniq_webhook_deliveries
-WHERE status <> 'pending' AND created_at < now() - interval '7 days'
+DELETE FROM soniq_webhook_deliveries WHERE id IN (
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status <> 'pending' AND created_at < now() - interval '7 days'
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
 """
 
 # Age of the oldest due queued job per queue (the claim index's queued rows only).
@@ -1039,7 +1082,17 @@ ON CONFLICT (bucket_start, queue) DO UPDATE SET completed = t.completed + EXCLUD
 
 # The chart shows at most a day; a week and a day of minutes keeps a margin and the
 # table small (1,440 rows per queue a day). Run by prune, the maintenance leader's sweep.
-THROUGHPUT_PRUNE = "DELETE FROM soniq_throughput WHERE bucket_start < now() - interval '8 days'"
+# Batches of $1 like JOB_PRUNE (its primary key finds them): a sweep after a long pause
+# may find many minutes to drop.
+THROUGHPUT_PRUNE = """
+DELETE FROM soniq_throughput WHERE (bucket_start, queue) IN (
+    SELECT bucket_start, queue FROM soniq_throughput
+    WHERE bucket_start < now() - interval '8 days'
+    ORDER BY bucket_start
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+"""
 
 # Completions and dead letters per bucket of $2 seconds since $1; bucket n starts at
 # epoch + n * $2. Completions: the larger of the rollup's sum (minutes overlapping the

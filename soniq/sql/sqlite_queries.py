@@ -203,9 +203,11 @@ JOB_RECOVER_DEAD_DELETE = f"DELETE FROM soniq_jobs WHERE {_ORPHAN} AND attempts 
 
 # In bounded chunks, each its own transaction: one huge DELETE would hold the
 # single write lock and stall every worker's claims while it runs.
+# Found by soniq_jobs_expires_idx (0008_history.sql), oldest expiry first.
 JOB_PRUNE = """
 DELETE FROM soniq_jobs WHERE id IN (
-    SELECT id FROM soniq_jobs WHERE status = 'done' AND expires_at <= :now LIMIT :limit
+    SELECT id FROM soniq_jobs WHERE status = 'done' AND expires_at <= :now
+    ORDER BY expires_at LIMIT :limit
 )
 """
 
@@ -244,8 +246,12 @@ UPDATE soniq_jobs SET status = 'cancelled', updated_at = :now, completed_at = :n
 WHERE id = :id AND status = 'queued'
 """
 JOB_DELETE = "DELETE FROM soniq_jobs WHERE id = :id"
+# Done rows counted on their own, from soniq_jobs_done_queue_idx (0008_history.sql).
 QUEUE_STATS = """
-SELECT queue, status, count(*) AS n FROM soniq_jobs GROUP BY queue, status
+SELECT queue, status, count(*) AS n FROM soniq_jobs WHERE status <> 'done'
+GROUP BY queue, status
+UNION ALL
+SELECT queue, 'done', count(*) FROM soniq_jobs WHERE status = 'done' GROUP BY queue
 UNION ALL
 SELECT queue, 'dead_letter', count(*) FROM soniq_dead_letter_jobs GROUP BY queue
 """
@@ -458,13 +464,24 @@ WHERE logged_at >= :since AND (:job_id IS NULL OR job_id = :job_id) AND level >=
 ORDER BY logged_at DESC, id DESC
 LIMIT :limit
 """
-JOB_LOGS_PRUNE = """
-DELETE FROM soniq_job_logs
-WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = soniq_job_logs.job_id)
-  AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = soniq_job_logs.job_id)
+# Orphaned logs, one window of :limit records after id :after per transaction (no index
+# finds orphans: the table is walked by id); JOB_LOGS_WINDOW_END is where the next starts.
+_LOG_WINDOW = "SELECT id, job_id FROM soniq_job_logs WHERE id > :after ORDER BY id LIMIT :limit"
+JOB_LOGS_PRUNE = f"""
+DELETE FROM soniq_job_logs WHERE id IN (
+    SELECT w.id FROM ({_LOG_WINDOW}) w
+    WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs j WHERE j.id = w.job_id)
+      AND NOT EXISTS (SELECT 1 FROM soniq_dead_letter_jobs d WHERE d.id = w.job_id)
+)
 """
+JOB_LOGS_WINDOW_END = f"SELECT max(id) FROM ({_LOG_WINDOW})"
+# Settled deliveries past :cutoff, oldest first, by soniq_webhook_deliveries_settled_idx.
 WEBHOOK_DELIVERIES_PRUNE = """
-DELETE FROM soniq_webhook_deliveries WHERE status <> 'pending' AND created_at < :cutoff
+DELETE FROM soniq_webhook_deliveries WHERE id IN (
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status <> 'pending' AND created_at < :cutoff
+    ORDER BY created_at LIMIT :limit
+)
 """
 
 QUEUE_OLDEST = """
@@ -666,9 +683,14 @@ ON CONFLICT (bucket_start, queue) DO UPDATE SET completed = completed + excluded
 """
 
 # The chart shows at most a day; 8 days of minutes keeps a margin and the table small.
-# One statement, not chunks like JOB_PRUNE: a sweep finds only the minutes aged out since
-# the last one.
-THROUGHPUT_PRUNE = "DELETE FROM soniq_throughput WHERE bucket_start < :now - 8 * 86400000000"
+# In chunks like JOB_PRUNE (the primary key finds them): a sweep usually finds only the
+# minutes aged out since the last one, but after a long pause it may find many.
+THROUGHPUT_PRUNE = """
+DELETE FROM soniq_throughput WHERE rowid IN (
+    SELECT rowid FROM soniq_throughput WHERE bucket_start < :now - 8 * 86400000000
+    ORDER BY bucket_start LIMIT :limit
+)
+"""
 
 # Completions and dead letters per bucket of :bucket_us microseconds since :since; bucket n
 # starts at epoch + n * bucket. Completions: the larger of the rollup's sum (minutes
