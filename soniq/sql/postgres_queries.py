@@ -247,9 +247,20 @@ CASE WHEN args #>> '{__soniq__,snoozed}' = id::text
 ARRAY(SELECT depends_on::text FROM soniq_job_deps WHERE job_id = id ORDER BY 1) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
+# Newest first, with offset paging (the documented list_jobs): the merge of settled and
+# processing rows, each part through its own index (0009_claim_cost.sql).
 JOB_LIST = f"""
-SELECT {_JOB_COLUMNS} FROM soniq_jobs
-WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR status = $2)
+SELECT * FROM (
+    (SELECT {_JOB_COLUMNS} FROM soniq_jobs
+     WHERE status <> 'processing' AND ($1::text IS NULL OR queue = $1)
+       AND ($2::text IS NULL OR status = $2)
+     ORDER BY created_at DESC, id LIMIT $3::bigint + $4::bigint)
+    UNION ALL
+    (SELECT {_JOB_COLUMNS} FROM soniq_jobs
+     WHERE status = 'processing' AND status <> 'done' AND ($1::text IS NULL OR queue = $1)
+       AND ($2::text IS NULL OR status = $2)
+     ORDER BY created_at DESC, id LIMIT $3::bigint + $4::bigint)
+) page
 ORDER BY created_at DESC, id
 LIMIT $3 OFFSET $4
 """
@@ -365,6 +376,12 @@ MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish
 # Added for the web dashboard; indexes in migrations/postgres/0004_dashboard.sql.
 
 _JOB_PAGE_ORDER = "ORDER BY created_at DESC, id DESC"
+# The listing indexes (soniq_jobs_recent_idx, soniq_jobs_task_recent_idx) leave out
+# processing rows, so that a claim writes no entry to them (0009_claim_cost.sql); the
+# few processing rows are read through soniq_jobs_live_recent_idx. A listing of every
+# status is the merge of the two.
+_SETTLED = "status <> 'processing'"
+_RUNNING = "status = 'processing' AND status <> 'done'"
 
 
 def job_page_sql(
@@ -374,9 +391,9 @@ def job_page_sql(
     limit, queue, status, task, id-or-text, cursor created_at, cursor id.
 
     One statement per combination (not ``$1 IS NULL OR ...``) so that each gets
-    a plan on the index its filter needs, generic plans included. A status
-    other than ``done`` repeats the partial index's predicate as a literal, which
-    lets even a generic plan use soniq_jobs_live_recent_idx.
+    a plan on the index its filter needs, generic plans included. A status filter
+    repeats the predicate of the partial index that serves it as a literal, which
+    lets even a generic plan use that index.
     """
     where: list[str] = []
     n = 1  # $1 is the limit
@@ -391,26 +408,43 @@ def job_page_sql(
         if present:
             n += 1
             where.append(clause.format(n))
-    if status is not None and status != "done":
-        where.append("status <> 'done'")
     if after:
         # Row comparison: an index condition on (created_at, id), walked backwards.
         where.append(f"(created_at, id) < (${n + 1}::timestamptz, ${n + 2}::uuid)")
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs {clause} {_JOB_PAGE_ORDER} LIMIT $1"
+    if status is None:
+        return _merged_page([*where, _SETTLED], [*where, _RUNNING], _JOB_PAGE_ORDER, "$1")
+    where.append(_SETTLED if status == "done" else "status <> 'done'")
+    return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {' AND '.join(where)} " + (
+        f"{_JOB_PAGE_ORDER} LIMIT $1"
+    )
+
+
+def _merged_page(settled: list[str], running: list[str], order: str, limit: str) -> str:
+    """The first ``limit`` rows in ``order`` of two disjoint parts of soniq_jobs, each
+    read newest first through its own index and cut at ``limit`` before the merge."""
+    part = "(SELECT {cols} FROM soniq_jobs WHERE {where} {order} LIMIT {limit})"
+    parts = [
+        part.format(cols=_JOB_COLUMNS, where=" AND ".join(w), order=order, limit=limit)
+        for w in (settled, running)
+    ]
+    return f"SELECT * FROM ({parts[0]} UNION ALL {parts[1]}) page {order} LIMIT {limit}"
 
 
 # Distinct task names by skip scan: each step jumps to the next name in
-# soniq_jobs_task_recent_idx, so the cost follows the number of names, not rows.
-JOB_TASK_NAMES = """
+# soniq_jobs_task_recent_idx, so the cost follows the number of names, not rows; the
+# names of processing rows (left out of that index) come from the few such rows.
+JOB_TASK_NAMES = f"""
 WITH RECURSIVE names AS (
-    (SELECT job_name FROM soniq_jobs ORDER BY job_name LIMIT 1)
+    (SELECT job_name FROM soniq_jobs WHERE {_SETTLED} ORDER BY job_name LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.job_name FROM soniq_jobs j WHERE j.job_name > names.job_name
+    SELECT (SELECT j.job_name FROM soniq_jobs j
+            WHERE j.job_name > names.job_name AND j.{_SETTLED}
             ORDER BY j.job_name LIMIT 1)
     FROM names WHERE names.job_name IS NOT NULL
 )
 SELECT job_name FROM names WHERE job_name IS NOT NULL
+UNION
+SELECT job_name FROM soniq_jobs WHERE {_RUNNING}
 UNION
 SELECT DISTINCT job_name FROM soniq_dead_letter_jobs
 ORDER BY 1

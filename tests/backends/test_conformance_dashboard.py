@@ -210,3 +210,38 @@ async def test_queue_counts_are_exact_below_the_threshold(dash_app: Soniq) -> No
     counts = await dash_app.backend.queue_counts(exact_below=1_000_000)
     assert counts.estimated is False
     assert counts.stats == await dash_app.backend.queue_stats()
+
+
+async def test_running_jobs_are_listed_in_place_with_the_others(dash_app: Soniq) -> None:
+    """Processing rows are left out of PostgreSQL's listing indexes (0009, so a claim
+    writes none of their entries): every listing still shows them where they belong."""
+    ids = []
+    for n in range(4):
+        ids.append(await dash_app.enqueue("dash.send", args={"n": n}))
+        await tick()
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    running = await claim_one(dash_app, worker, None)  # the oldest: FIFO
+    assert running.id == ids[0]
+    newest_first = list(reversed(ids))
+
+    pages = await all_pages(dash_app, JobQuery(limit=3))
+    assert [j.id for p in pages for j in p] == newest_first
+    by_task = await all_pages(dash_app, JobQuery(task="dash.send", limit=3))
+    assert [j.id for p in by_task for j in p] == newest_first
+    assert [j["id"] for j in await dash_app.list_jobs(limit=10)] == newest_first
+    assert [j["id"] for j in await dash_app.list_jobs(limit=2, offset=2)] == newest_first[2:]
+    processing = await dash_app.backend.list_jobs(
+        queue=None, status="processing", limit=9, offset=0
+    )
+    assert [j.id for j in processing] == [running.id]
+    queued = await dash_app.backend.list_jobs(queue=None, status="queued", limit=9, offset=0)
+    assert [j.id for j in queued] == newest_first[:3]
+
+
+async def test_task_names_include_a_task_whose_only_job_is_running(dash_app: Soniq) -> None:
+    await dash_app.enqueue("dash.other", args={"n": 1})
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    await claim_one(dash_app, worker, None)
+    assert await dash_app.backend.job_task_names() == ["dash.other"]
