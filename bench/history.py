@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -164,9 +165,11 @@ async def set_history_indexes(url: str, present: bool) -> None:
     await conn.close()
 
 
-async def ack_time(url: str, n: int) -> float:
-    """Microseconds of ``backend.ack`` per job: claim and Done-ack ``n`` jobs, 64 at a time
-    (a worker's batches at concurrency 64), timing only the ack calls."""
+async def ack_time(url: str, n: int) -> tuple[float, float]:
+    """Microseconds per job of a Done ack, claiming and acking ``n`` jobs 64 at a time (a
+    worker's batches at concurrency 64). Batches alternate: ``backend.ack`` timed by the
+    client (round trip included), and JOB_ACK_DONE under EXPLAIN ANALYZE (the executor's
+    own time, index inserts included; the transaction commits as usual)."""
     app = Soniq(database_url=url, log_level="WARNING")
 
     @app.job(name="bench.ack")
@@ -177,32 +180,50 @@ async def ack_time(url: str, n: int) -> float:
     for start in range(0, n, 5000):
         await app.enqueue_many("bench.ack", [{"i": i} for i in range(start, min(n, start + 5000))])
     worker = str(uuid.uuid4())
-    spent = 0.0
+    wall = server = 0.0
+    jobs = [0, 0]
+    conn = await asyncpg.connect(url)
     while claimed := await backend.claim(None, worker, 64):
+        if jobs[0] > jobs[1]:
+            plan = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {pg_backend.q.JOB_ACK_DONE}",
+                [uuid.UUID(j.id) for j in claimed], [uuid.UUID(j.lease) for j in claimed],
+                ["1"] * len(claimed), 300.0,
+            )  # fmt: skip
+            server += json.loads(plan)[0]["Execution Time"] / 1000
+            jobs[1] += len(claimed)
+            continue
         t0 = time.perf_counter()
         await backend.ack([Ack(job, Done("1")) for job in claimed], result_ttl=300)
-        spent += time.perf_counter() - t0
+        wall += time.perf_counter() - t0
+        jobs[0] += len(claimed)
+    await conn.close()
     await app.close()
     conn = await asyncpg.connect(url)
     await conn.execute("DELETE FROM soniq_jobs WHERE job_name = 'bench.ack'")
     await conn.execute("VACUUM ANALYZE soniq_jobs")
     await conn.close()
-    return spent / n * 1e6
+    return wall / jobs[0] * 1e6, server / jobs[1] * 1e6
 
 
 async def ack_cost(empty: str, n: int, repeat: int) -> None:
-    times: dict[bool, list[float]] = {True: [], False: []}
+    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for _ in range(repeat):
         for present in (False, True):
             await set_history_indexes(empty, present)
             times[present].append(await ack_time(empty, n))
     await set_history_indexes(empty, True)
-    print(f"\n## Done ack, {n:,} jobs in batches of 64, runs interleaved (backend.ack only)\n")
-    print("| soniq_jobs | median us/job | runs |\n|---|---:|---|")
+    print(f"\n## Done ack, {n:,} jobs in batches of 64, runs interleaved\n")
+    print(
+        "| soniq_jobs | backend.ack median us/job | executor median us/job | runs (ack/executor) |"
+        "\n|---|---:|---:|---|"
+    )
     for present, values in times.items():
         label = "with 0008 indexes" if present else "without them"
-        runs = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {label} | {statistics.median(values):.1f} | {runs} |")
+        runs = ", ".join(f"{w:.1f}/{e:.1f}" for w, e in values)
+        wall = statistics.median(w for w, _ in values)
+        server = statistics.median(e for _, e in values)
+        print(f"| {label} | {wall:.1f} | {server:.1f} | {runs} |")
 
 
 async def drain_rates(url: str, empty: str, n: int, repeat: int) -> None:
@@ -349,7 +370,8 @@ async def latency(url: str, jobs: int, prune: str | None, expired: int, batch: i
     await stop(worker)
     await pruner.close()
     await app.close()
-    label = {None: "idle", "batched": f"batched prune ({batch}/batch)", "legacy": "legacy prune"}
+    batched = f"batched prune ({batch}/batch, pause x{pg_backend.PRUNE_PAUSE:g})"
+    label = {None: "idle", "batched": batched, "legacy": "legacy prune"}
     return (
         f"| {label[prune]} | {len(waits)} | {statistics.median(waits):.1f} "
         f"| {pct(waits, 99):.1f} | {max(waits):.1f} | {note} |"
@@ -397,7 +419,9 @@ if __name__ == "__main__":
     parser.add_argument("--skip-legacy", action="store_true")
     parser.add_argument("--prune-rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=pg_backend.PRUNE_BATCH)
+    parser.add_argument("--pause", type=float, default=pg_backend.PRUNE_PAUSE)
     parser.add_argument("--skip-reads", action="store_true")
     parser.add_argument("--ack-cost", type=int, default=20_000, help="jobs per run; 0: skip")
     args = parser.parse_args()
+    pg_backend.PRUNE_PAUSE = args.pause
     asyncio.run(main(args))

@@ -87,9 +87,11 @@ from soniq.utils import describe_target
 log = logging.getLogger("soniq.postgres")
 # Pruning deletes at most this many rows per transaction (a backend's ``prune_batch``
 # overrides it, e.g. a test's batch of 2), then pauses for PRUNE_PAUSE times as long as
-# the batch took: a big prune then leaves most of the server to claims and acks.
-PRUNE_BATCH = 2000
-PRUNE_PAUSE = 1.0
+# the batch took: a big prune then leaves three quarters of the server to claims and
+# acks (a million rows take about 20 s). bench/RESULTS.md, "Flat with history", has the
+# latency of an idle worker's jobs during a prune for other values.
+PRUNE_BATCH = 500
+PRUNE_PAUSE = 3.0
 CLOSE_TIMEOUT = 10.0
 # Enqueues PostgreSQL aborted as a deadlock victim are run again this many times in all.
 DEADLOCK_RETRIES = 3
