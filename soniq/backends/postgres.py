@@ -318,14 +318,18 @@ class PostgresBackend:
             self._unanswered.add(lease)
             raise
         rows.sort(key=_claim_order)  # RETURNING keeps no order
-        if rows:
-            last = _claim_order(rows[-1])
-            if cursor is not None and not short:
-                self._cursors[key] = _Cursor(max(last, cursor.position), cursor.full_at)
-            else:
-                self._cursors[key] = _Cursor(last, now)
-        elif short:
+        if len(rows) < limit:
+            # The queue is (nearly) empty: the next claim starts at the head, in one
+            # round trip. A cursor pays only with a backlog; without one the claim after
+            # it comes back short and the head claim follows anyway (one job per NOTIFY
+            # at idle took two round trips).
             self._cursors.pop(key, None)
+        elif cursor is not None and not short:  # the claim after the cursor filled it
+            self._cursors[key] = _Cursor(
+                max(_claim_order(rows[-1]), cursor.position), cursor.full_at
+            )
+        else:  # a claim from the head ran
+            self._cursors[key] = _Cursor(_claim_order(rows[-1]), now)
         return await self._decoded(rows, str(lease))
 
     async def _requeue_unanswered(self) -> None:
