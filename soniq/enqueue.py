@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from soniq.core.registry import JobDefinition, JobRegistry, check_task_name
 from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
@@ -77,23 +79,166 @@ def build_jobs(
     options: EnqueueOptions,
     warned: set[str] | None = None,
 ) -> list[NewJob]:
-    """``build_job`` for many argument dicts of one target, resolving the target once."""
+    """``build_job`` for many argument dicts of one target, resolving the target once.
+
+    Every row of a batch shares its target and options, so queue, priority, attempts
+    and run time are worked out once; each row then costs its argument checks, its
+    JSON and its id. Errors are those of ``build_job``, raised for the same row.
+    """
     resolved = _resolve(registry, settings, target, None, {}, warned)
+    rows = items if isinstance(items, (list, tuple)) else list(items)
+    try:
+        shared = _Shared.of(resolved, settings, options)
+    except JobValidationError:
+        # A bad option: row by row, so the error names the row it always named.
+        return _build_rows(resolved, settings, rows, options)
+    ids = new_job_ids(len(rows))
     jobs = []
-    for index, item in enumerate(items):
+    if shared.plain:  # the common case, inline: a dict with the handler's parameters
+        name, required, allowed = shared.name, shared.required, shared.allowed
+        fields = (shared.queue, shared.priority, shared.max_attempts, shared.scheduled_at)
+        queue, priority, max_attempts, scheduled_at = fields
+        depends_on = shared.depends_on
+        for index, item in enumerate(rows):
+            if (
+                type(item) is dict
+                and required <= (keys := item.keys())
+                and (allowed is None or keys <= allowed)
+            ):
+                job_args = item.copy()
+                try:
+                    args_json = _dumps_args(name, job_args)
+                except JobValidationError as exc:
+                    _at_row(exc, index)
+                    raise
+                jobs.append(NewJob(
+                    ids[index], name, job_args, args_json, queue, priority, max_attempts,
+                    scheduled_at, None, None, depends_on,
+                ))  # fmt: skip
+                continue
+            jobs.append(shared.row(index, item, ids[index]))
+        return jobs
+    for index, item in enumerate(rows):
+        jobs.append(shared.row(index, item, ids[index]))
+    return jobs
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What every row of one ``enqueue_many`` has in common, and the per-row rest.
+
+    ``job`` runs the checks of ``_make_job`` in the same order with the same errors.
+    """
+
+    name: str
+    definition: JobDefinition | None
+    names: tuple[frozenset[str], frozenset[str] | None] | None
+    required: frozenset[str]
+    allowed: frozenset[str] | None
+    model: type[Any] | None
+    queue: str
+    priority: int
+    max_attempts: int
+    scheduled_at: datetime | None
+    unique: bool
+    fixed_key: str | None
+    key_fn: Callable[[dict[str, Any]], Any] | None
+    depends_on: tuple[str, ...]
+    plain: bool = False  # no model, no key to compute: a row is its JSON and an id
+
+    @classmethod
+    def of(cls, resolved: _Target, settings: SoniqSettings, options: EnqueueOptions) -> _Shared:
+        queue = _queue(resolved, options)
+        priority = _priority(resolved, settings, options)
+        scheduled_at = to_utc(options.scheduled_at)
+        definition = resolved.definition
+        unique = options.unique
+        if unique is None:
+            unique = definition.unique if definition else False
+        names = definition.arg_names if definition is not None else None
+        required, allowed = names or (frozenset(), None)
+        model = resolved.ref.args_model if resolved.ref is not None else None
+        key_fn = definition.concurrency_key if definition is not None else None
+        plain = not unique and options.dedup_key is None and model is None and key_fn is None
+        if definition is not None:
+            plain = plain and names is not None and definition.args_model is None
+        return cls(
+            name=resolved.name, definition=definition, names=names, required=required,
+            allowed=allowed, model=model, queue=queue, priority=priority,
+            max_attempts=definition.max_attempts if definition else settings.max_retries + 1,
+            scheduled_at=scheduled_at, unique=bool(unique),
+            fixed_key=None if options.dedup_key is None else str(options.dedup_key),
+            key_fn=key_fn, depends_on=options.depends_on, plain=plain,
+        )  # fmt: skip
+
+    def row(self, index: int, item: Any, job_id: str) -> NewJob:
+        """Row ``index`` of the batch, checked; a refused row's error says which it was."""
+        if type(item) is dict:
+            job_args = item.copy()
+        elif isinstance(item, Mapping):
+            job_args = dict(item)
+        else:
+            _not_a_mapping(index, item)
+        try:
+            return self.job(job_id, job_args)
+        except JobValidationError as exc:
+            _at_row(exc, index)
+            raise
+
+    def job(self, job_id: str, job_args: dict[str, Any]) -> NewJob:
+        name, definition = self.name, self.definition
+        if definition is not None:
+            keys, allowed = job_args.keys(), self.allowed
+            if self.names is None or not (
+                self.required <= keys and (allowed is None or keys <= allowed)
+            ):
+                _check_arguments(definition, job_args)
+            elif definition.args_model is not None:
+                _validate_model(name, definition.args_model, job_args)
+        if self.model is not None:
+            _validate_model(name, self.model, job_args)
+        args_json = _dumps_args(name, job_args)
+        dedup_key = self.fixed_key
+        if dedup_key is None and self.unique:
+            dedup_key = _unique_key(name, job_args)
+        key_fn = self.key_fn
+        concurrency_key = None if key_fn is None else concurrency_key_of(name, key_fn, job_args)
+        return NewJob(
+            job_id, name, job_args, args_json, self.queue, self.priority, self.max_attempts,
+            self.scheduled_at, dedup_key, concurrency_key, self.depends_on,
+        )  # fmt: skip
+
+
+def _build_rows(
+    resolved: _Target,
+    settings: SoniqSettings,
+    rows: Sequence[Mapping[str, Any]],
+    options: EnqueueOptions,
+) -> list[NewJob]:
+    """Every row through ``_make_job`` (the path a batch with a bad option takes)."""
+    jobs = []
+    for index, item in enumerate(rows):
         if not isinstance(item, Mapping):
-            raise TypeError(
-                f"enqueue_many() takes a list of argument dicts; item {index} is a "
-                f"{type(item).__name__}. Pass e.g. [{{'user_id': 1}}, {{'user_id': 2}}]"
-            )
+            _not_a_mapping(index, item)
         try:
             jobs.append(_make_job(resolved, settings, dict(item), options))
         except JobValidationError as exc:
-            # Which row was refused; nothing of the batch is written.
-            exc.context["index"] = index
-            exc.message = f"Item {index}: {exc.message}"
+            _at_row(exc, index)
             raise
     return jobs
+
+
+def _not_a_mapping(index: int, item: Any) -> NoReturn:
+    raise TypeError(
+        f"enqueue_many() takes a list of argument dicts; item {index} is a "
+        f"{type(item).__name__}. Pass e.g. [{{'user_id': 1}}, {{'user_id': 2}}]"
+    )
+
+
+def _at_row(exc: JobValidationError, index: int) -> None:
+    """Which row was refused; nothing of the batch is written."""
+    exc.context["index"] = index
+    exc.message = f"Item {index}: {exc.message}"
 
 
 def _make_job(
@@ -105,7 +250,7 @@ def _make_job(
         _validate_model(resolved.name, resolved.ref.args_model, job_args)
     args_json = _dumps_args(resolved.name, job_args)
     return NewJob(
-        id=str(uuid.uuid4()),
+        id=new_job_ids(1)[0],
         job_name=resolved.name,
         args=job_args,
         args_json=args_json,
@@ -119,6 +264,37 @@ def _make_job(
         concurrency_key=_concurrency_key(resolved, job_args),
         depends_on=options.depends_on,
     )
+
+
+# Job ids are UUIDv7-shaped (RFC 9562): 48 bits of Unix milliseconds, then a 26-bit
+# per-process counter, then 48 random bits. Consecutive ids of a process sort in the
+# order they were made, so each insert lands at the right edge of every index keyed on
+# id (the primary key, and the dashboard's (created_at, id) indexes) instead of on a
+# random page; the random tail keeps ids unguessable from one another.
+_COUNTER_MASK = (1 << 26) - 1
+_counter = [int.from_bytes(os.urandom(3), "big")]  # the next counter value
+_counter_lock = threading.Lock()
+
+
+def new_job_ids(n: int) -> list[str]:
+    """``n`` fresh job ids (canonical lower-case UUID text), in increasing order."""
+    with _counter_lock:  # a block of n counter values, whatever the thread
+        start = _counter[0]
+        _counter[0] = start + n
+    stamp = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{stamp[:8]}-{stamp[8:12]}-7"
+    tail = os.urandom(6 * n).hex()
+    ids = []
+    k, high = 0, -1
+    prefix = head
+    for c in range(start, start + n):
+        c &= _COUNTER_MASK
+        if c >> 14 != high:  # the counter's top 12 bits change once every 16,384 ids
+            high = c >> 14
+            prefix = f"{head}{high:03x}-"
+        ids.append(f"{prefix}{0x8000 | (c & 0x3FFF):04x}-{tail[k : k + 12]}")
+        k += 12
+    return ids
 
 
 def _concurrency_key(resolved: _Target, job_args: dict[str, Any]) -> str | None:
@@ -326,9 +502,16 @@ def _dedup_key(
         unique = resolved.definition.unique if resolved.definition else False
     if not unique:
         return None
-    canonical = json.dumps(job_args, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return f"{resolved.name}:{digest}"
+    return _unique_key(resolved.name, job_args)
+
+
+_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _unique_key(name: str, job_args: dict[str, Any]) -> str:
+    """``unique=True``: the task name and a digest of its arguments, in key order."""
+    digest = hashlib.sha256(_SORTED.encode(job_args).encode()).hexdigest()
+    return f"{name}:{digest}"
 
 
 def to_utc(value: datetime | timedelta | float | int | None) -> datetime | None:

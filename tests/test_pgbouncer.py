@@ -126,6 +126,24 @@ async def test_enqueue_and_reads_through_pgbouncer(
     assert sum(s.queued for s in stats) == 301
 
 
+async def test_bulk_enqueue_through_pgbouncer(app: Soniq) -> None:
+    """Big batches go in by COPY (its column-type look-up is an unnamed statement here),
+    several clients at once over the pooler's few server connections; dedup batches keep
+    their rule."""
+    await app.ensure_initialized()
+    batches = await asyncio.gather(*(
+        app.enqueue_many("pgb.echo", [{"n": b * 1000 + i} for i in range(500)]) for b in range(8)
+    ))  # fmt: skip
+    assert len({i for ids in batches for i in ids}) == 8 * 500
+    unique = await asyncio.gather(*(
+        app.enqueue_many("pgb.echo", [{"n": i % 50} for i in range(200)], unique=True)
+        for _ in range(4)
+    ))  # fmt: skip
+    assert all(ids == unique[0] for ids in unique) and len(set(unique[0])) == 50
+    stats = await app.backend.queue_stats()
+    assert sum(s.queued for s in stats) == 8 * 500 + 50
+
+
 async def test_transactional_enqueue_through_pgbouncer(app: Soniq) -> None:
     await app.ensure_initialized()
     async with app.backend.acquire() as conn:

@@ -86,7 +86,31 @@ def check_text(what: str, value: Any, limit: int) -> None:
 
 
 def check_new_jobs(jobs: Sequence[NewJob]) -> None:
-    """Every name and key of a batch, each distinct value once (a batch repeats them)."""
+    """Every name and key of a batch, each distinct value once (a batch repeats them).
+
+    The distinct values are gathered first (a batch of one task and queue has one of
+    each); only when one of them is refused, or is no string at all, are the jobs walked
+    in order, so the error is the one the first bad job gets.
+    """
+    try:
+        names = {job.job_name for job in jobs}
+        queues = {job.queue for job in jobs}
+        keys = {job.dedup_key for job in jobs}
+        keys.discard(None)
+        for what, values, limit in (
+            ("task name", names, MAX_NAME_LENGTH),
+            ("queue name", queues, MAX_NAME_LENGTH),
+            ("dedup_key", keys, MAX_KEY_LENGTH),
+        ):
+            for value in values:
+                check_text(what, value, limit)
+        return
+    except (JobValidationError, TypeError):  # TypeError: an unhashable value
+        pass
+    _check_in_order(jobs)
+
+
+def _check_in_order(jobs: Sequence[NewJob]) -> None:
     seen: set[tuple[str, str | None]] = set()
     for job in jobs:
         for what, value, limit in (

@@ -99,6 +99,12 @@ DEADLOCK_RETRIES = 3
 # this long before a claim from the head of the index checks for anything that sorts
 # before the cursor; that is also the longest such a job can be passed over.
 CLAIM_CURSOR_TTL = 1.0
+# An enqueue of at least this many jobs, none with a dedup key, on an asyncpg connection
+# goes in by binary COPY and one NOTIFY statement; smaller batches take the single INSERT
+# statement, whose one round trip beats COPY's two below this size. Batches with dedup
+# keys always take the INSERT (its ON CONFLICT is their rule). bench/RESULTS.md, "Bulk
+# enqueue (issue 15)", has the measurements.
+COPY_MIN_JOBS = 48
 
 
 class PostgresBackend:
@@ -273,6 +279,9 @@ class PostgresBackend:
                 await _settle_flow(conn, jobs, ids)
             return ids
         dedup = any(j.dedup_key is not None for j in jobs)
+        if not dedup and len(jobs) >= COPY_MIN_JOBS and _copies(conn, jobs):
+            await _copy_jobs(conn, jobs)
+            return [j.id for j in jobs]
         if len(jobs) == 1:
             sql = q.JOB_INSERT if dedup else q.JOB_INSERT_PLAIN
             inserted = await conn.fetchval(sql, *_row(jobs[0]))
@@ -859,6 +868,35 @@ def _row(j: NewJob) -> tuple[Any, ...]:
 
 def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [list(col) for col in zip(*(_row(j) for j in jobs), strict=True)]
+
+
+def _copies(conn: Any, jobs: Sequence[NewJob]) -> bool:
+    """COPY is asyncpg's (a psycopg executor takes the INSERT), and it needs every row's
+    run time given or every row's left to the database: one COPY, one column list."""
+    if not isinstance(conn, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
+        return False
+    unscheduled = jobs[0].scheduled_at is None
+    return all((j.scheduled_at is None) is unscheduled for j in jobs)
+
+
+async def _copy_jobs(conn: Any, jobs: Sequence[NewJob]) -> None:
+    """Jobs without dedup keys by binary COPY, then one notification per distinct queue.
+
+    COPY is one statement: a row the database refuses fails the whole batch, as the
+    INSERT does. Outside a transaction it commits before the NOTIFY is sent, so a woken
+    worker finds the jobs; inside one (``connection=``, flow control) both wait for it.
+    """
+    columns: tuple[str, ...] = q.JOB_COPY_COLUMNS
+    records: list[tuple[Any, ...]]
+    if jobs[0].scheduled_at is None:
+        records = [(j.id, j.job_name, j.args_json, j.queue, j.priority, j.max_attempts)
+                   for j in jobs]  # fmt: skip
+    else:
+        columns = (*columns, "scheduled_at")
+        records = [(j.id, j.job_name, j.args_json, j.queue, j.priority, j.max_attempts,
+                    j.scheduled_at) for j in jobs]  # fmt: skip
+    await conn.copy_records_to_table(q.JOB_COPY_TABLE, records=records, columns=columns)
+    await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(dict.fromkeys(j.queue for j in jobs)))
 
 
 def _uuid(value: str) -> uuid.UUID | None:

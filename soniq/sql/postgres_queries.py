@@ -48,6 +48,15 @@ SELECT ins.id FROM ins, woke
 JOB_INSERT_MANY = _INSERT_MANY.format(on_conflict=_ON_CONFLICT)
 JOB_INSERT_MANY_PLAIN = _INSERT_MANY.format(on_conflict="")
 
+# Big batches without dedup keys go in by binary COPY (asyncpg's copy_records_to_table:
+# no statement text to parse per row, no arrays to unnest), these columns in this order;
+# scheduled_at only when every row has one (created_at, and scheduled_at when left out,
+# are the default now()). Then one notification per distinct queue, delivered at commit
+# like the INSERT's.
+JOB_COPY_TABLE = "soniq_jobs"
+JOB_COPY_COLUMNS = ("id", "job_name", "args", "queue", "priority", "max_attempts")
+JOB_NOTIFY_QUEUES = f"SELECT count(pg_notify('{CHANNEL}', q)) FROM unnest($1::text[]) AS q"
+
 JOB_FIND_LIVE_BY_DEDUP = f"""
 SELECT id FROM soniq_jobs WHERE dedup_key = $1 AND {DEDUP_PREDICATE}
 """
