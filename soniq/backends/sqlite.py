@@ -24,7 +24,6 @@ import operator
 import os
 import random
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -367,21 +366,16 @@ class SQLiteBackend:
         the connection's thread and back per transaction, where awaiting each statement
         costs a hop each (BEGIN, the statements, COMMIT), and the thread hops were most
         of a job's cost. Same rules as ``_transaction``: a busy BEGIN opened nothing and
-        is retried; any error rolls back. A caller cancelled while ``work`` runs has the
-        transaction rolled back instead of committed, unless COMMIT had already begun
-        (as a cancel that lands during an awaited COMMIT).
+        is retried; any error rolls back. A caller cancelled before its transaction
+        reaches COMMIT has it rolled back, whether the work was still queued or running
+        (the thread sees the cancelled future at once); once COMMIT has begun it commits,
+        as a cancel that landed during an awaited COMMIT did.
         """
         await self.open()
         conn = await self._connection()
-        run_on_thread = cast(Callable[..., Awaitable[Any]], conn._execute)
 
         async def attempt() -> T:
-            abandoned = threading.Event()
-            try:
-                outcome = await run_on_thread(_transact_on_thread, conn, work, abandoned)
-            except BaseException:
-                abandoned.set()
-                raise
+            outcome = await _on_thread(conn, _transact_on_thread, conn, work)
             if isinstance(outcome, _Busy):
                 raise outcome.error
             return cast(T, outcome)
@@ -882,15 +876,33 @@ class _Abandoned(Exception):
     """The caller was cancelled before COMMIT: the transaction was rolled back."""
 
 
+def _on_thread(
+    conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any
+) -> asyncio.Future[Any]:
+    """Queue ``fn(caller, *args)`` on aiosqlite's thread; ``caller`` is the future it
+    resolves. aiosqlite's ``_execute`` does the same but keeps its future to itself, and
+    the thread must see a caller's cancel at once: ``task.cancel()`` cancels the future
+    the task awaits there and then, before the task itself runs again. aiosqlite has no
+    public "run this on the connection's thread"; its ``_tx`` queue, ``_running`` and
+    ``_conn`` are used here and in ``_transact_on_thread`` only."""
+    if not conn._running or conn._connection is None:
+        raise ValueError("Connection closed")
+    caller: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    conn._tx.put_nowait((caller, functools.partial(fn, caller, *args)))
+    return caller
+
+
 def _transact_on_thread(
+    caller: asyncio.Future[Any],
     conn: aiosqlite.Connection,
     work: Callable[[sqlite3.Connection], T],
-    abandoned: threading.Event,
 ) -> T | _Busy:
     """``SQLiteBackend._transact``'s body, on aiosqlite's thread (the only one that may
-    use the ``sqlite3`` connection). aiosqlite has no public "run this callable on the
-    connection's thread": ``_execute`` and ``_conn`` are its internals, used only here."""
+    use the ``sqlite3`` connection). Reading ``caller.cancelled()`` from this thread is
+    a read of one field the loop sets; nothing here changes the future."""
     db: sqlite3.Connection = conn._conn
+    if caller.cancelled():
+        raise _Abandoned  # cancelled while queued: nothing to open
     try:
         db.execute(q.BEGIN_WRITE)
     except sqlite3.OperationalError as exc:
@@ -899,7 +911,7 @@ def _transact_on_thread(
         raise
     try:
         result = work(db)
-        if abandoned.is_set():
+        if caller.cancelled():
             raise _Abandoned
         db.execute(q.COMMIT)
     except BaseException:

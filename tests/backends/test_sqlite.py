@@ -352,6 +352,23 @@ async def test_sqlite_claim_cancelled_before_commit_claims_nothing(tmp_path: Pat
         jobs = await backend.list_jobs(queue=None, status=None, limit=10, offset=0)
         assert [(j.status, j.attempts) for j in jobs] == [("queued", 0)] * 3
         assert len(await backend.claim(None, "w", 10)) == 3  # the backend still works
+
+        running = threading.Event()
+
+        def slow_work(db: Any) -> None:  # cancelled while it runs on the thread
+            db.execute("INSERT INTO soniq_leases (role, owner, expires_at) VALUES ('r', 'o', 0)")
+            running.set()
+            gate.wait(10)
+
+        gate.clear()
+        write = asyncio.create_task(backend._transact(slow_work))
+        while not running.is_set():
+            await asyncio.sleep(0.01)
+        write.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert await backend._fetch("SELECT * FROM soniq_leases", {}) == []  # rolled back
     finally:
         await backend.close()
 
