@@ -277,3 +277,16 @@ async def test_which_path_a_batch_takes(
     ]
     await app.backend.enqueue(mixed)
     assert copied == [COPY, COPY + 1]
+
+
+async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -> None:
+    """Concurrency keys are written after a COPY, in its transaction, as after the INSERT."""
+
+    @app.job(name="bulk.keyed", concurrency_key=lambda a: a["tenant"], max_concurrency_per_key=1)
+    async def keyed(tenant: int, n: int) -> None: ...
+
+    ids = await app.enqueue_many(keyed, [{"tenant": i % 3, "n": i} for i in range(COPY * 2)])
+    rows = await db.fetch(
+        "SELECT id, concurrency_key FROM soniq_jobs WHERE id = ANY($1::uuid[]) ORDER BY seq", ids
+    )
+    assert [r["concurrency_key"] for r in rows] == [str(i % 3) for i in range(COPY * 2)]
