@@ -88,8 +88,8 @@ log = logging.getLogger("soniq.postgres")
 # Pruning deletes at most this many rows per transaction (a backend's ``prune_batch``
 # overrides it, e.g. a test's batch of 2), then pauses for PRUNE_PAUSE times as long as
 # the batch took: a big prune then leaves three quarters of the server to claims and
-# acks (a million rows take about 20 s). bench/RESULTS.md, "Flat with history", has the
-# latency of an idle worker's jobs during a prune for other values.
+# acks (a million rows: ~20 s on an idle 2-core box, ~80 s on a busy one). bench/RESULTS.md,
+# "Flat with history", has an idle worker's latency during a prune for other values.
 PRUNE_BATCH = 500
 PRUNE_PAUSE = 3.0
 CLOSE_TIMEOUT = 10.0
