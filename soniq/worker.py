@@ -148,7 +148,7 @@ class Worker:
         self._processed = 0
         self._listener: Listener | None = None
         self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
-        self._pacer = ClaimPacer(1)  # replaced by _loop with the run's concurrency
+        self._pacer = ClaimPacer()  # when to claim (soniq/claiming.py)
         self._claims: set[asyncio.Task[None]] = set()  # claims awaiting their answer
         self._drained = False  # run_once: an empty claim saw every outcome written
         # Flow control (soniq/flow.py): whether to claim within limits, the running jobs
@@ -186,7 +186,7 @@ class Worker:
         self._check_capacity(concurrency)
         self._reset_state()
         queues = list(queues) if queues else None
-        pacer = self._pacer = ClaimPacer(concurrency)  # when to claim, and how many
+        pacer = self._pacer = ClaimPacer()  # when to claim, and how many
         side_loops = await self._start(concurrency, queues, listen=not drain)
         try:
             while not self._stopping and not self._drained:
@@ -194,9 +194,9 @@ class Worker:
                 free = concurrency - len(self._running)
                 if max_jobs is not None:
                     free = min(free, max_jobs - self._processed - len(self._running))
-                    if free - pacer.reserved <= 0 and not self._running and not pacer.in_flight:
+                    if free <= 0 and not self._running and not pacer.in_flight:
                         break
-                n, wait = pacer.plan(free, len(self._running), time.monotonic())
+                n, wait = pacer.plan(free, time.monotonic())
                 if n:
                     self._claim_soon(queues, n, drain)
                 else:
@@ -207,12 +207,13 @@ class Worker:
         return self._processed > 0
 
     async def _claim_and_start(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
-        """One claim, as a task of its own so that the next can overlap it (backlog)."""
+        """One claim, as a task of its own: the loop goes on hearing wake-ups and stop()
+        while it is out, and the pacer decides what happens next (soniq/claiming.py)."""
         pacer = self._pacer
         # A drain ends only after an empty claim that saw every outcome written: an
         # unwritten Retry due now would otherwise be left behind.
         settled = not self._running and not self._unwritten and pacer.in_flight == 1
-        sent, got, pokes = time.monotonic(), 0, pacer.pokes
+        got, pokes = 0, pacer.pokes
         idle_wait: float | None = 0.0
         try:
             jobs = await self._claim(queues, n)
@@ -226,7 +227,7 @@ class Worker:
             elif drain and settled:
                 self._drained = True
         finally:
-            pacer.answered(n, got, sent, time.monotonic(), idle_wait, pokes)
+            pacer.answered(got, time.monotonic(), idle_wait, pokes)
             self._wake.set()
 
     def _claim_soon(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
