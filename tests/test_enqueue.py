@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from soniq import Soniq, task_ref
+from soniq.backends.postgres import COPY_MIN_JOBS
 from soniq.errors import (
     EnqueueError,
     JobValidationError,
@@ -480,7 +481,11 @@ async def test_callable_with_args_dict_only(app: Soniq) -> None:
 # --- enqueue_many ------------------------------------------------------------------------------
 
 
-async def test_enqueue_many_one_round_trip(app: Soniq, db: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("n", [COPY_MIN_JOBS - 1, 500])
+async def test_enqueue_many_statements(app: Soniq, db: asyncpg.Connection, n: int) -> None:
+    """Below COPY_MIN_JOBS one INSERT (one round trip); from it on a binary COPY, which
+    asyncpg's query logger does not report, then the one NOTIFY statement."""
+
     @app.job(queue="bulk")
     async def job(n: int) -> None: ...
 
@@ -488,20 +493,21 @@ async def test_enqueue_many_one_round_trip(app: Soniq, db: asyncpg.Connection) -
     statements: list[str] = []
     async with app.backend.acquire() as conn:
         # asyncpg reports each statement it sends (Soniq's, and its own one-time type
-        # introspection, which is not counted): one of Soniq's = one round trip.
+        # introspection, which is not counted).
         def log_query(record: Any) -> None:
             statements.append(record.query)
 
         conn.add_query_logger(log_query)
-        ids = await app.enqueue_many(job, [{"n": i} for i in range(500)], connection=conn)
+        ids = await app.enqueue_many(job, [{"n": i} for i in range(n)], connection=conn)
         conn.remove_query_logger(log_query)
     ours = [q for q in statements if "soniq_" in q]
     assert len(ours) == 1, statements
-    assert len(ids) == len(set(ids)) == 500
+    assert ("INSERT INTO soniq_jobs" in ours[0]) is (n < COPY_MIN_JOBS), ours
+    assert len(ids) == len(set(ids)) == n
     rows = await db.fetch("SELECT id, args FROM soniq_jobs WHERE queue = 'bulk'")
     assert {str(r["id"]) for r in rows} == set(ids)
     by_id = {str(r["id"]): json.loads(r["args"])["n"] for r in rows}
-    assert [by_id[i] for i in ids] == list(range(500))  # ids come back in input order
+    assert [by_id[i] for i in ids] == list(range(n))  # ids come back in input order
 
 
 async def test_enqueue_many_without_connection(app: Soniq, db: asyncpg.Connection) -> None:
