@@ -32,6 +32,9 @@ from soniq.events import JobLogEntry, Record, Subscriber
 from soniq.job import ClaimedJob, Outcome
 from soniq.utils import canonical_id
 
+# The lease held by the worker that prunes orphaned job logs (and webhook deliveries).
+LOG_PRUNE_ROLE = "observability-prune"
+
 if TYPE_CHECKING:
     from soniq.app import Soniq
     from soniq.backends import StorageBackend
@@ -150,15 +153,19 @@ class JobLogCapture(Subscriber):
         return list(capture.entries)
 
     async def run(self, backend: StorageBackend, settings: SoniqSettings) -> None:
-        """Install the logging handler for the worker's life; prune orphaned logs."""
+        """Install the logging handler for the worker's life; prune orphaned logs, one
+        worker at a time (a lease): each sweep walks the whole logs table in windows."""
         import asyncio
+        import uuid
 
+        owner, interval = str(uuid.uuid4()), settings.cleanup_interval
         self.install()
         try:
             while True:
-                await asyncio.sleep(settings.cleanup_interval)
+                await asyncio.sleep(interval)
                 try:
-                    await backend.observability_prune()
+                    if await backend.try_lead(LOG_PRUNE_ROLE, owner, interval * 3):
+                        await backend.observability_prune()
                 except Exception as exc:  # noqa: BLE001 - next sweep retries
                     logging.getLogger("soniq.logs").debug("Pruning job logs failed: %r", exc)
         finally:

@@ -187,6 +187,36 @@ async def test_logs_are_pruned_with_their_job(app: Soniq) -> None:
     assert await app.logs.job_logs(job_id) == []
 
 
+async def test_orphaned_logs_are_pruned_by_one_running_worker_at_a_time(app: Soniq) -> None:
+    """Running workers sweep orphaned logs every cleanup_interval under a lease: one of
+    them walks the table per sweep, not each of them."""
+    from soniq.logs import LOG_PRUNE_ROLE
+
+    @app.job(name="logs.orphan")
+    async def job() -> None:
+        logging.getLogger("tests.logs").info("orphan soon")
+
+    job_id = await app.enqueue(job)
+    await app.run_worker(run_once=True)
+    await app.delete_job(job_id)
+    assert len(await app.logs.job_logs(job_id)) == 1  # deleted job, its logs still there
+    workers = [asyncio.create_task(app.run_worker(concurrency=1)) for _ in range(2)]
+    try:
+        await wait_until(
+            lambda: _logs_gone(app, job_id), message="orphaned logs pruned by a worker"
+        )
+        # Someone holds the lease: a newcomer is refused it until it lapses.
+        assert await app.backend.try_lead(LOG_PRUNE_ROLE, "newcomer", 60) is False
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def _logs_gone(app: Soniq, job_id: str) -> bool:
+    return await app.logs.job_logs(job_id) == []
+
+
 JOBS = """
 import logging
 from soniq import Soniq
