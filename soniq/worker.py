@@ -149,7 +149,7 @@ class Worker:
         self._listener: Listener | None = None
         self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
         self._pacer = ClaimPacer()  # when to claim (soniq/claiming.py)
-        self._claims: set[asyncio.Task[None]] = set()  # claims awaiting their answer
+        self._claim_task: asyncio.Task[None] | None = None  # the claim out, if any
         self._drained = False  # run_once: an empty claim saw every outcome written
         # Flow control (soniq/flow.py): whether to claim within limits, the running jobs
         # cancel_job() asked to stop, and when a rate-limited queue reopens.
@@ -202,7 +202,7 @@ class Worker:
                 else:
                     await self._wait(wait)
         finally:
-            await self._settle_claims()
+            await self._settle_claim()
             await self._shutdown(side_loops)
         return self._processed > 0
 
@@ -231,18 +231,16 @@ class Worker:
             self._wake.set()
 
     def _claim_soon(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
-        task = asyncio.create_task(self._claim_and_start(queues, n, drain))
-        self._claims.add(task)
-        task.add_done_callback(self._claims.discard)
+        self._claim_task = asyncio.create_task(self._claim_and_start(queues, n, drain))
 
-    async def _settle_claims(self) -> None:
-        """Let claims in flight answer (their jobs then run or are requeued by the
+    async def _settle_claim(self) -> None:
+        """Let a claim in flight answer (its jobs then run or are requeued by the
         shutdown); one that hangs is cancelled, and the backend requeues what it took."""
-        if self._claims:
-            await asyncio.wait(self._claims, timeout=CLAIM_SETTLE_TIMEOUT)
-            for task in self._claims:
-                task.cancel()
-            await asyncio.gather(*self._claims, return_exceptions=True)
+        task = self._claim_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=CLAIM_SETTLE_TIMEOUT)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _poke(self) -> None:
         """Work may be available (a NOTIFY, a free slot, an outcome written): wake the loop."""
