@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ def build_jobs(
     rows = items if isinstance(items, (list, tuple)) else list(items)
     try:
         shared = _Shared.of(resolved, settings, options)
-    except JobValidationError:
+    except Exception:  # noqa: BLE001 - re-raised row by row
         # A bad option: row by row, so the error names the row it always named.
         return _build_rows(resolved, settings, rows, options)
     ids = new_job_ids(len(rows))
@@ -132,7 +131,6 @@ class _Shared:
 
     name: str
     definition: JobDefinition | None
-    names: tuple[frozenset[str], frozenset[str] | None] | None
     required: frozenset[str]
     allowed: frozenset[str] | None
     model: type[Any] | None
@@ -163,7 +161,7 @@ class _Shared:
         if definition is not None:
             plain = plain and names is not None and definition.args_model is None
         return cls(
-            name=resolved.name, definition=definition, names=names, required=required,
+            name=resolved.name, definition=definition, required=required,
             allowed=allowed, model=model, queue=queue, priority=priority,
             max_attempts=definition.max_attempts if definition else settings.max_retries + 1,
             scheduled_at=scheduled_at, unique=bool(unique),
@@ -188,13 +186,7 @@ class _Shared:
     def job(self, job_id: str, job_args: dict[str, Any]) -> NewJob:
         name, definition = self.name, self.definition
         if definition is not None:
-            keys, allowed = job_args.keys(), self.allowed
-            if self.names is None or not (
-                self.required <= keys and (allowed is None or keys <= allowed)
-            ):
-                _check_arguments(definition, job_args)
-            elif definition.args_model is not None:
-                _validate_model(name, definition.args_model, job_args)
+            _check_arguments(definition, job_args)
         if self.model is not None:
             _validate_model(name, self.model, job_args)
         args_json = _dumps_args(name, job_args)
@@ -244,64 +236,41 @@ def _at_row(exc: JobValidationError, index: int) -> None:
 def _make_job(
     resolved: _Target, settings: SoniqSettings, job_args: dict[str, Any], options: EnqueueOptions
 ) -> NewJob:
-    if resolved.definition is not None:
-        _check_arguments(resolved.definition, job_args)
-    if resolved.ref is not None and resolved.ref.args_model is not None:
-        _validate_model(resolved.name, resolved.ref.args_model, job_args)
-    args_json = _dumps_args(resolved.name, job_args)
-    return NewJob(
-        id=new_job_ids(1)[0],
-        job_name=resolved.name,
-        args=job_args,
-        args_json=args_json,
-        queue=_queue(resolved, options),
-        priority=_priority(resolved, settings, options),
-        max_attempts=(
-            resolved.definition.max_attempts if resolved.definition else settings.max_retries + 1
-        ),
-        scheduled_at=to_utc(options.scheduled_at),
-        dedup_key=_dedup_key(resolved, options, args_json, job_args),
-        concurrency_key=_concurrency_key(resolved, job_args),
-        depends_on=options.depends_on,
-    )
-
-
-# Job ids are UUIDv7-shaped (RFC 9562): 48 bits of Unix milliseconds, then a 26-bit
-# per-process counter, then 48 random bits. Consecutive ids of a process sort in the
-# order they were made, so each insert lands at the right edge of every index keyed on
-# id (the primary key, and the dashboard's (created_at, id) indexes) instead of on a
-# random page; the random tail keeps ids unguessable from one another.
-_COUNTER_MASK = (1 << 26) - 1
-_counter = [int.from_bytes(os.urandom(3), "big")]  # the next counter value
-_counter_lock = threading.Lock()
+    """One job: the rules of ``_Shared.job``. A job whose arguments and options are both
+    wrong is refused for its arguments, checked first as they always were."""
+    try:
+        shared = _Shared.of(resolved, settings, options)
+    except Exception:
+        if resolved.definition is not None:
+            _check_arguments(resolved.definition, job_args)
+        if resolved.ref is not None and resolved.ref.args_model is not None:
+            _validate_model(resolved.name, resolved.ref.args_model, job_args)
+        _dumps_args(resolved.name, job_args)
+        raise
+    return shared.job(new_job_ids(1)[0], job_args)
 
 
 def new_job_ids(n: int) -> list[str]:
-    """``n`` fresh job ids (canonical lower-case UUID text), in increasing order."""
-    with _counter_lock:  # a block of n counter values, whatever the thread
-        start = _counter[0]
-        _counter[0] = start + n
+    """``n`` fresh job ids (canonical lower-case UUID text), in increasing order.
+
+    UUIDv7-shaped (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Ids
+    of one millisecond sort together, and a batch's are sorted, so inserts land at the
+    right edge of every index keyed on id (the primary key, the dashboard's
+    (created_at, id) indexes) instead of on random pages; the random part keeps ids
+    unguessable from one another, with no counter shared between instances.
+    """
     stamp = f"{time.time_ns() // 1_000_000:012x}"
     head = f"{stamp[:8]}-{stamp[8:12]}-7"
-    tail = os.urandom(6 * n).hex()
-    ids = []
-    k, high = 0, -1
-    prefix = head
-    for c in range(start, start + n):
-        c &= _COUNTER_MASK
-        if c >> 14 != high:  # the counter's top 12 bits change once every 16,384 ids
-            high = c >> 14
-            prefix = f"{head}{high:03x}-"
-        ids.append(f"{prefix}{0x8000 | (c & 0x3FFF):04x}-{tail[k : k + 12]}")
-        k += 12
+    bits = os.urandom(10 * n).hex()
+    ids = [
+        f"{head}{r[:3]}-{_VARIANT[int(r[3], 16) & 3]}{r[4:7]}-{r[7:19]}"
+        for r in (bits[k : k + 20] for k in range(0, 20 * n, 20))
+    ]
+    ids.sort()
     return ids
 
 
-def _concurrency_key(resolved: _Target, job_args: dict[str, Any]) -> str | None:
-    definition = resolved.definition
-    if definition is None or definition.concurrency_key is None:
-        return None
-    return concurrency_key_of(definition.name, definition.concurrency_key, job_args)
+_VARIANT = "89ab"  # the RFC variant's two bits, then two random ones
 
 
 def dependency_ids(depends_on: Iterable[Any] | None) -> tuple[str, ...]:
@@ -490,19 +459,6 @@ def check_priority(priority: Any) -> None:
         raise JobValidationError(
             f"priority {priority} is out of range; use 1 (most urgent) to 1000 (least urgent)"
         )
-
-
-def _dedup_key(
-    resolved: _Target, options: EnqueueOptions, args_json: str, job_args: dict[str, Any]
-) -> str | None:
-    if options.dedup_key is not None:
-        return str(options.dedup_key)
-    unique = options.unique
-    if unique is None:
-        unique = resolved.definition.unique if resolved.definition else False
-    if not unique:
-        return None
-    return _unique_key(resolved.name, job_args)
 
 
 _SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
