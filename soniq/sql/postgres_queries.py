@@ -256,23 +256,33 @@ CASE WHEN args #>> '{__soniq__,snoozed}' = id::text
 ARRAY(SELECT depends_on::text FROM soniq_job_deps WHERE job_id = id ORDER BY 1) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
-# Newest first, with offset paging (the documented list_jobs): the merge of settled and
-# processing rows, each part through its own index (0009_claim_cost.sql).
-JOB_LIST = f"""
-SELECT * FROM (
-    (SELECT {_JOB_COLUMNS} FROM soniq_jobs
-     WHERE status <> 'processing' AND ($1::text IS NULL OR queue = $1)
-       AND ($2::text IS NULL OR status = $2)
-     ORDER BY created_at DESC, id LIMIT $3::bigint + $4::bigint)
-    UNION ALL
-    (SELECT {_JOB_COLUMNS} FROM soniq_jobs
-     WHERE status = 'processing' AND status <> 'done' AND ($1::text IS NULL OR queue = $1)
-       AND ($2::text IS NULL OR status = $2)
-     ORDER BY created_at DESC, id LIMIT $3::bigint + $4::bigint)
-) page
-ORDER BY created_at DESC, id
-LIMIT $3 OFFSET $4
-"""
+# The listing indexes (soniq_jobs_recent_idx, soniq_jobs_task_recent_idx) leave out
+# processing rows, so that a claim writes no entry to them (0009_claim_cost.sql); the
+# few processing rows are read through soniq_jobs_live_recent_idx. A listing of every
+# status is the merge of the two.
+_SETTLED = "status <> 'processing'"
+_RUNNING = "status = 'processing' AND status <> 'done'"
+
+
+def _merged_page(settled: list[str], running: list[str], order: str, limit: str, outer: str) -> str:
+    """The rows of two disjoint parts of soniq_jobs in ``order``, each part read newest
+    first through its own index and cut at ``limit`` rows before the merge; ``outer``
+    is the merged page's own LIMIT (and OFFSET)."""
+    part = "(SELECT {cols} FROM soniq_jobs WHERE {where} {order} LIMIT {limit})"
+    parts = [
+        part.format(cols=_JOB_COLUMNS, where=" AND ".join(w), order=order, limit=limit)
+        for w in (settled, running)
+    ]
+    return f"SELECT * FROM ({parts[0]} UNION ALL {parts[1]}) page {order} {outer}"
+
+
+# Newest first, with offset paging (the documented list_jobs).
+_LIST_FILTER = ["($1::text IS NULL OR queue = $1)", "($2::text IS NULL OR status = $2)"]
+JOB_LIST = _merged_page(
+    [_SETTLED, *_LIST_FILTER], [_RUNNING, *_LIST_FILTER], "ORDER BY created_at DESC, id",
+    "$3::bigint + $4::bigint", "LIMIT $3 OFFSET $4",
+)  # fmt: skip
+
 JOB_CANCEL = """
 UPDATE soniq_jobs SET status = 'cancelled', updated_at = now(), completed_at = now()
 WHERE id = $1 AND status = 'queued'
@@ -385,12 +395,6 @@ MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish
 # Added for the web dashboard; indexes in migrations/postgres/0004_dashboard.sql.
 
 _JOB_PAGE_ORDER = "ORDER BY created_at DESC, id DESC"
-# The listing indexes (soniq_jobs_recent_idx, soniq_jobs_task_recent_idx) leave out
-# processing rows, so that a claim writes no entry to them (0009_claim_cost.sql); the
-# few processing rows are read through soniq_jobs_live_recent_idx. A listing of every
-# status is the merge of the two.
-_SETTLED = "status <> 'processing'"
-_RUNNING = "status = 'processing' AND status <> 'done'"
 
 
 def job_page_sql(
@@ -421,22 +425,13 @@ def job_page_sql(
         # Row comparison: an index condition on (created_at, id), walked backwards.
         where.append(f"(created_at, id) < (${n + 1}::timestamptz, ${n + 2}::uuid)")
     if status is None:
-        return _merged_page([*where, _SETTLED], [*where, _RUNNING], _JOB_PAGE_ORDER, "$1")
+        return _merged_page(
+            [*where, _SETTLED], [*where, _RUNNING], _JOB_PAGE_ORDER, "$1", "LIMIT $1"
+        )
     where.append(_SETTLED if status == "done" else "status <> 'done'")
     return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {' AND '.join(where)} " + (
         f"{_JOB_PAGE_ORDER} LIMIT $1"
     )
-
-
-def _merged_page(settled: list[str], running: list[str], order: str, limit: str) -> str:
-    """The first ``limit`` rows in ``order`` of two disjoint parts of soniq_jobs, each
-    read newest first through its own index and cut at ``limit`` before the merge."""
-    part = "(SELECT {cols} FROM soniq_jobs WHERE {where} {order} LIMIT {limit})"
-    parts = [
-        part.format(cols=_JOB_COLUMNS, where=" AND ".join(w), order=order, limit=limit)
-        for w in (settled, running)
-    ]
-    return f"SELECT * FROM ({parts[0]} UNION ALL {parts[1]}) page {order} LIMIT {limit}"
 
 
 # Distinct task names by skip scan: each step jumps to the next name in
