@@ -29,7 +29,7 @@ class ClaimPacer:
     """The claiming state of one worker loop (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.in_flight = 0  # a claim was sent and its answer is not back yet (0 or 1)
+        self.in_flight = False  # a claim was sent and its answer is not back yet
         self.pokes = 0  # wake-ups so far (see ``answered``)
         self._idle_until: float | None = None  # after an empty answer
 
@@ -44,14 +44,14 @@ class ClaimPacer:
             if now < self._idle_until:
                 return 0, self._idle_until - now
             self._idle_until = None
-        self.in_flight = 1
+        self.in_flight = True
         return free, 0.0
 
     def answered(self, got: int, now: float, idle_wait: float | None, pokes: int) -> None:
         """The claim sent when ``self.pokes`` was ``pokes`` came back at ``now`` with
         ``got`` jobs. An empty answer makes the loop wait up to ``idle_wait`` (``None``:
         until woken), unless a wake-up came while it was out."""
-        self.in_flight = 0
+        self.in_flight = False
         if got == 0 and pokes == self.pokes:
             self._idle_until = math.inf if idle_wait is None else now + idle_wait
 

@@ -212,7 +212,7 @@ class Worker:
         pacer = self._pacer
         # A drain ends only after an empty claim that saw every outcome written: an
         # unwritten Retry due now would otherwise be left behind.
-        settled = not self._running and not self._unwritten and pacer.in_flight == 1
+        settled = not self._running and not self._unwritten
         got, pokes = 0, pacer.pokes
         idle_wait: float | None = 0.0
         try:
