@@ -21,6 +21,7 @@ import time
 
 import asyncpg
 import httpx
+from support import drain_rate, fresh_pg
 
 from soniq import Soniq
 from soniq.dashboard import create_dashboard_app
@@ -49,11 +50,7 @@ FROM generate_series(1, 2000) AS i
 
 
 async def fresh(url: str, rows: int) -> None:
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    await fresh_pg(url)
     app = Soniq(database_url=url, log_level="WARNING")
     await app.setup()
     await app.close()
@@ -138,27 +135,7 @@ async def drain_once(url: str, n: int, with_indexes: bool) -> float:
         for name in DASHBOARD_INDEXES:
             await conn.execute(f"DROP INDEX {name}")
         await conn.close()
-    app = Soniq(database_url=url, log_level="WARNING", pool_max_size=72)
-    seen = 0
-    done = asyncio.Event()
-
-    @app.job(name="bench_noop")
-    async def noop(i: int) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            done.set()
-
-    for start in range(0, n, 5000):
-        await app.enqueue_many(noop, [{"i": i} for i in range(start, min(n, start + 5000))])
-    t0 = time.perf_counter()
-    worker = asyncio.create_task(app.run_worker(concurrency=64))
-    await done.wait()
-    rate = n / (time.perf_counter() - t0)
-    worker.cancel()
-    await asyncio.gather(worker, return_exceptions=True)
-    await app.close()
-    return rate
+    return await drain_rate(url, n)
 
 
 async def drain(n: int, repeat: int) -> None:

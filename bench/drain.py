@@ -23,6 +23,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from support import fresh_pg
+
 from soniq import Soniq
 
 
@@ -32,16 +34,6 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-async def fresh_pg(url: str) -> None:
-    import asyncpg
-
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
 
 
 async def run(backend: str, n: int, concurrency: int, trace: int) -> None:

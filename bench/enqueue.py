@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 
-from drain import fresh_pg  # bench/drain.py: drop the database, setup() makes it again
+from support import fresh_pg
 
 from soniq import Soniq
 from soniq.enqueue import EnqueueOptions, build_jobs

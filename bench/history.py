@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
+from support import drain_rate, fresh_pg
 
 from soniq import Soniq
 from soniq.backends import postgres as pg_backend
@@ -57,15 +58,8 @@ DEAD_COLUMNS = (
 LEGACY_PRUNE = "DELETE FROM soniq_jobs WHERE status = 'done' AND expires_at <= now()"
 
 
-def admin_of(url: str) -> tuple[str, str]:
-    return url.rsplit("/", 1)[0] + "/postgres", url.rsplit("/", 1)[1]
-
-
 async def fresh(url: str) -> None:
-    admin, name = admin_of(url)
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    await fresh_pg(url)
     app = Soniq(database_url=url, log_level="WARNING")
     await app.setup()
     await app.close()
@@ -122,25 +116,7 @@ async def stop(worker: asyncio.Task[Any]) -> None:
 
 async def drain_once(url: str, n: int) -> float:
     """Enqueue ``n`` no-op jobs, drain them with one worker (concurrency 64): jobs/s."""
-    app = Soniq(database_url=url, log_level="WARNING", pool_max_size=72, cleanup_interval=3600)
-    seen = 0
-    done = asyncio.Event()
-
-    @app.job(name="bench.noop")
-    async def noop(i: int) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            done.set()
-
-    for start in range(0, n, 5000):
-        await app.enqueue_many(noop, [{"i": i} for i in range(start, min(n, start + 5000))])
-    t0 = time.perf_counter()
-    worker = asyncio.create_task(app.run_worker(concurrency=64))
-    await done.wait()
-    rate = n / (time.perf_counter() - t0)
-    await stop(worker)
-    await app.close()
+    rate = await drain_rate(url, n, name="bench.noop", cleanup_interval=3600)
     conn = await asyncpg.connect(url)
     await conn.execute("DELETE FROM soniq_jobs WHERE job_name = 'bench.noop'")
     await conn.execute("VACUUM ANALYZE soniq_jobs")

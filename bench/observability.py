@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from support import fresh_pg
+
 from soniq import Soniq
 
 HOOK_EVENTS = ["job.completed"]
@@ -52,15 +54,6 @@ server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-async def fresh_pg(url: str) -> None:
-    import asyncpg
-
-    admin, name = url.rsplit("/", 1)[0] + "/postgres", url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
 
 
 async def drain(

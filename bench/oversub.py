@@ -20,6 +20,8 @@ import statistics
 import time
 from typing import Any
 
+from support import fresh_pg
+
 from soniq import Soniq
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/soniq_bench_oversub"
@@ -72,10 +74,7 @@ def child(url: str, concurrency: int, sleep_ms: float, go: Any, out: Any) -> Non
 async def prefill(url: str, n: int) -> None:
     import asyncpg
 
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    await conn.close()
+    await fresh_pg(url)
     app = make_app(url, 1, 0)
     await app.setup()
     for start in range(0, n, 5000):
