@@ -10,7 +10,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -155,3 +156,18 @@ def read_args(text: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         return {"undecodable_arguments": text[:1000]}
+
+
+async def paced_batches(step: Callable[[], Awaitable[tuple[int, bool]]], pause: float) -> int:
+    """Run ``step`` (one batch, its own transaction: rows removed, whether more may
+    remain) until it says no more, sleeping ``pause`` times as long as each batch took:
+    no transaction spans batches, so claims and acks interleave with a long prune.
+    Returns the rows removed."""
+    total = 0
+    while True:
+        started = time.monotonic()
+        removed, more = await step()
+        total += removed
+        if not more:
+            return total
+        await asyncio.sleep(pause * (time.monotonic() - started))

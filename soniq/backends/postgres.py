@@ -27,7 +27,13 @@ from soniq.backends import (
     QueueCounts,
     ThroughputBucket,
 )
-from soniq.backends._common import LOST_WORKER_ERROR, build_queue_stats, decode_args, read_args
+from soniq.backends._common import (
+    LOST_WORKER_ERROR,
+    build_queue_stats,
+    decode_args,
+    paced_batches,
+    read_args,
+)
 from soniq.backends._dashboard import (
     SAMPLE_ROWS,
     bucket,
@@ -441,29 +447,27 @@ class PostgresBackend:
         (PRUNE_PAUSE): no transaction spans batches, and claims and acks interleave.
         """
         batch = self.prune_batch or PRUNE_BATCH
-        total, since = 0, datetime.min.replace(tzinfo=timezone.utc)
-        while True:
-            started = time.monotonic()
+        since = datetime.min.replace(tzinfo=timezone.utc)
+
+        async def expired() -> tuple[int, bool]:  # keyset: after the last batch's expiry
+            nonlocal since
             row = await self.pool.fetchrow(q.JOB_PRUNE, batch, since)
             removed, since = int(row[0]), row[1]
-            total += removed
-            if removed < batch:
-                break
-            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+            return removed, removed >= batch
+
+        total = await paced_batches(expired, PRUNE_PAUSE)
         await self._prune_batches(q.THROUGHPUT_PRUNE)
         return total
 
     async def _prune_batches(self, sql: str) -> int:
         """Run a ``DELETE ... LIMIT $1`` until it deletes less than a batch; the total."""
         batch = self.prune_batch or PRUNE_BATCH
-        total = 0
-        while True:
-            started = time.monotonic()
+
+        async def step() -> tuple[int, bool]:
             removed = int((await self.pool.execute(sql, batch)).split()[-1])
-            total += removed
-            if removed < batch:
-                return total
-            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+            return removed, removed >= batch
+
+        return await paced_batches(step, PRUNE_PAUSE)
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
         return await self.pool.fetchval(q.LEASE_TAKE, role, owner, float(ttl)) is not None
@@ -718,15 +722,16 @@ class PostgresBackend:
 
     async def observability_prune(self) -> int:
         batch = self.prune_batch or PRUNE_BATCH
-        removed, after = 0, 0
-        while True:  # orphaned logs: the table in windows of a batch, by id
-            started = time.monotonic()
+        after = 0
+
+        async def window() -> tuple[int, bool]:  # orphaned logs: the table by id windows
+            nonlocal after
             row = await self.pool.fetchrow(q.JOB_LOGS_PRUNE, batch, after)
-            removed += int(row[0])
-            if row[1] is None:
-                break
-            after = int(row[1])
-            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+            if row[1] is not None:
+                after = int(row[1])
+            return int(row[0]), row[1] is not None
+
+        removed = await paced_batches(window, PRUNE_PAUSE)
         return removed + await self._prune_batches(q.WEBHOOK_DELIVERIES_PRUNE)
 
     async def queue_oldest(self) -> dict[str, float]:

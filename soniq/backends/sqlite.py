@@ -48,6 +48,7 @@ from soniq.backends._common import (
     decode_args,
     no_connections,
     normalize_id,
+    paced_batches,
     read_args,
 )
 from soniq.backends._dashboard import bucket, like_pattern, search_terms
@@ -448,14 +449,12 @@ class SQLiteBackend:
     async def _prune_chunks(self, sql: str, params: Params) -> int:
         """Run a ``DELETE ... LIMIT :limit`` until it deletes less than a chunk; the total."""
         limit = self.prune_batch or PRUNE_CHUNK
-        total = 0
-        while True:
-            started = time.monotonic()
+
+        async def step() -> tuple[int, bool]:
             removed = await self._change(sql, {**params, "limit": limit})
-            total += removed
-            if removed < limit:
-                return total
-            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+            return removed, removed >= limit
+
+        return await paced_batches(step, PRUNE_PAUSE)
 
     async def try_lead(self, role: str, owner: str, ttl: float) -> bool:
         now = utc_now()
@@ -745,17 +744,16 @@ class SQLiteBackend:
     async def observability_prune(self) -> int:
         cutoff = _us(utc_now() - timedelta(days=7))
         window: Params = {"after": 0, "limit": self.prune_batch or PRUNE_CHUNK}
-        removed = 0
-        while True:  # orphaned logs: the table in windows of a chunk, by id
-            started = time.monotonic()
+
+        async def orphans() -> tuple[int, bool]:  # orphaned logs: the table by id windows
             async with self._write() as conn:
                 async with conn.execute(q.JOB_LOGS_WINDOW_END, window) as cursor:
                     end = (await cursor.fetchone() or [None])[0]
-                removed += await _changes(conn, q.JOB_LOGS_PRUNE, window)
-            if end is None:
-                break
+                removed = await _changes(conn, q.JOB_LOGS_PRUNE, window)
             window["after"] = end
-            await asyncio.sleep(PRUNE_PAUSE * (time.monotonic() - started))
+            return removed, end is not None
+
+        removed = await paced_batches(orphans, PRUNE_PAUSE)
         return removed + await self._prune_chunks(q.WEBHOOK_DELIVERIES_PRUNE, {"cutoff": cutoff})
 
     async def queue_oldest(self) -> dict[str, float]:
