@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -183,8 +184,11 @@ async def test_one_notification_per_queue_per_batch(app: Soniq, pg_url: str) -> 
         await listener.close()
 
 
-async def test_a_listening_worker_wakes_for_a_batch(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, poll_interval=30.0, pool_min_size=1, log_level="WARNING")
+async def test_a_listening_worker_wakes_for_a_batch(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="soniq.worker")
+    app = Soniq(database_url=pg_url, poll_interval=30.0, pool_min_size=1, log_level="INFO")
     done: set[int] = set()
 
     @app.job(name="bulk.woken")
@@ -194,7 +198,8 @@ async def test_a_listening_worker_wakes_for_a_batch(pg_url: str) -> None:
     try:
         await app.ensure_initialized()
         worker = asyncio.create_task(app.run_worker(concurrency=8))
-        await asyncio.sleep(1.0)  # idle: listening, next poll 30 s away
+        # Listening (its start line says so), then idle: the next poll is 30 s away.
+        await wait_until(lambda: "LISTEN/NOTIFY" in caplog.text, message="worker listening")
         await app.enqueue_many(job, [{"n": i} for i in range(200)])
         await wait_until(lambda: len(done) == 200, timeout=15, message="woken by NOTIFY")
         worker.cancel()
