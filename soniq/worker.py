@@ -16,6 +16,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -139,6 +140,10 @@ class Worker:
 
     def _reset_state(self) -> None:
         self._running: dict[asyncio.Task[None], ClaimedJob] = {}
+        # Claimed ahead of free slots (ClaimPacer.claims_ahead): each starts as a slot frees.
+        self._ready: collections.deque[ClaimedJob] = collections.deque()
+        self._concurrency = 1
+        self._ahead = 0  # how many jobs the loop may claim beyond its free slots
         self._acks: list[Ack] = []
         self._unwritten = 0  # outcomes pushed but not yet written by the backend
         self._wake = asyncio.Event()
@@ -185,18 +190,21 @@ class Worker:
     ) -> bool:
         self._check_capacity(concurrency)
         self._reset_state()
+        self._concurrency = concurrency
+        # A long-running worker may claim ahead; a drain takes only what it can run.
+        self._ahead = concurrency if not drain and max_jobs is None else 0
         queues = list(queues) if queues else None
         pacer = self._pacer = ClaimPacer()  # when to claim, and how many
         side_loops = await self._start(concurrency, queues, listen=not drain)
         try:
             while not self._stopping and not self._drained:
                 self._wake.clear()  # set by a finished job, a claim's answer, NOTIFY, stop()
-                free = concurrency - len(self._running)
+                free = concurrency - len(self._running) - len(self._ready)
                 if max_jobs is not None:
                     free = min(free, max_jobs - self._processed - len(self._running))
                     if free <= 0 and not self._running and not pacer.in_flight:
                         break
-                n, wait = pacer.plan(free, time.monotonic())
+                n, wait = pacer.plan(free, time.monotonic(), self._ahead)
                 if n:
                     self._claim_soon(queues, n, drain)
                 else:
@@ -222,13 +230,24 @@ class Worker:
                 await self._wait(self.settings.error_retry_delay)
                 jobs, idle_wait = [], 0.0
             got = len(jobs)
-            if jobs:
-                self._start_jobs(jobs)
-            elif drain and settled:
+            if not jobs and drain and settled:
                 self._drained = True
         finally:
             pacer.answered(got, time.monotonic(), idle_wait, pokes)
             self._wake.set()
+        if jobs:
+            if self._ahead and pacer.claims_ahead and not self._stopping:
+                self._claim_ahead(queues, len(jobs))
+            self._start_jobs(jobs)
+
+    def _claim_ahead(self, queues: Sequence[str] | None, arriving: int) -> None:
+        """Send the next claim before this answer's jobs start (ClaimPacer.claims_ahead):
+        it is then on its way while they run, instead of leaving only once they have
+        taken the event loop. Any other claim waits for the loop, after the jobs start."""
+        free = self._concurrency - len(self._running) - len(self._ready) - arriving
+        n, _ = self._pacer.plan(free, time.monotonic(), self._ahead)
+        if n:
+            self._claim_soon(queues, n, drain=False)
 
     def _claim_soon(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
         self._claim_task = asyncio.create_task(self._claim_and_start(queues, n, drain))
@@ -266,15 +285,27 @@ class Worker:
             return None
 
     def _start_jobs(self, jobs: list[ClaimedJob]) -> None:
+        """Start as many as there are free slots, in claim order; the rest wait ready."""
+        ready = self._ready
+        if ready:
+            jobs = [*ready, *jobs]
+            ready.clear()
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at or _EPOCH))
-        for job in jobs:
-            task = asyncio.create_task(self._execute(job))
-            self._running[task] = job
-            task.add_done_callback(self._job_finished)
+        room = self._concurrency - len(self._running)
+        for job in jobs[:room]:
+            self._start_job(job)
+        ready.extend(jobs[room:])
+
+    def _start_job(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._execute(job))
+        self._running[task] = job
+        task.add_done_callback(self._job_finished)
 
     def _job_finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._processed += 1
+        if self._ready and not self._stopping:
+            self._start_job(self._ready.popleft())
         self._wake.set()
 
     async def _wait(self, timeout: float | None) -> None:
@@ -319,10 +350,16 @@ class Worker:
             raise
         self._finish(job, outcome, began)
 
-    def _finish(self, job: ClaimedJob, outcome: Outcome, began: float) -> None:
+    def _finish(self, job: ClaimedJob, outcome: Outcome, began: float | None) -> None:
+        """Buffer the outcome of an attempt that began at ``began`` (``None``: a job
+        claimed ahead that never started)."""
+        took = 0.0
+        if began is not None:
+            took = time.perf_counter() - began
+            self._pacer.finished(took)
         events = self.events
         if events.finished:  # records and ack land in the same batch: one transaction
-            self._note(events.emit_finished(job, outcome, time.perf_counter() - began))
+            self._note(events.emit_finished(job, outcome, took))
         self._push(Ack(job, outcome))
         if self._cancel_requested:
             self._cancel_requested.discard(job.id)
@@ -627,6 +664,11 @@ class Worker:
         cannot be interrupted, so its thread sees ``ctx.cancelled`` and returns."""
         if job_id in self._cancel_requested:
             return
+        for job in self._ready:
+            if job.id == job_id:  # claimed, not started: it ends cancelled without running
+                self._ready.remove(job)
+                self._finish(job, Cancelled(_stopped_error(job_id)), None)
+                return
         for task, job in self._running.items():
             if job.id == job_id:
                 self._cancel_requested.add(job_id)
@@ -715,6 +757,8 @@ class Worker:
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
         self._stopping = True
+        while self._ready:  # claimed ahead, never started: back to the queue unspent
+            self._finish(self._ready.popleft(), Requeue(), None)
         if self._running and not self._force:
             await asyncio.wait(list(self._running), timeout=self._grace())
             await self._sync_grace()

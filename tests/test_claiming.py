@@ -57,3 +57,51 @@ def test_a_short_answer_claims_again_when_slots_free_up() -> None:
     pacer.plan(free=8, now=0.0)
     pacer.answered(got=3, now=0.001, idle_wait=5.0, pokes=pacer.pokes)
     assert pacer.plan(free=5, now=0.002) == (5, 0.0)
+
+
+def _trained(job_seconds: float, claim_seconds: float, got: int, asked: int) -> ClaimPacer:
+    """A pacer whose last claim asked for ``asked`` jobs and got ``got``, after a claim
+    round trip of ``claim_seconds`` and a job that ran ``job_seconds``."""
+    pacer = ClaimPacer()
+    assert pacer.plan(free=asked, now=0.0) == (asked, 0.0)
+    pacer.answered(got=got, now=claim_seconds, idle_wait=5.0, pokes=pacer.pokes)
+    pacer.finished(job_seconds)
+    return pacer
+
+
+def test_fast_jobs_and_full_claims_claim_ahead_of_free_slots() -> None:
+    """Jobs that run for less than a claim's round trip: the next claim leaves while
+    they run, for at most ``ahead`` jobs beyond the free slots."""
+    pacer = _trained(job_seconds=0.0001, claim_seconds=0.002, got=8, asked=8)
+    assert pacer.claims_ahead
+    assert pacer.plan(free=0, now=0.003, ahead=8) == (8, 0.0)
+    assert pacer.plan(free=0, now=0.003, ahead=8) == (0, None)  # still one claim at a time
+
+
+def test_no_claim_ahead_for_slow_jobs_a_short_answer_or_a_drain() -> None:
+    slow = _trained(job_seconds=0.005, claim_seconds=0.002, got=8, asked=8)
+    assert not slow.claims_ahead
+    assert slow.plan(free=0, now=0.003, ahead=8) == (0, None)
+    short = _trained(job_seconds=0.0001, claim_seconds=0.002, got=3, asked=8)  # queue ran dry
+    assert not short.claims_ahead
+    assert short.plan(free=0, now=0.003, ahead=8) == (0, None)
+    fast = _trained(job_seconds=0.0001, claim_seconds=0.002, got=8, asked=8)
+    assert fast.plan(free=0, now=0.003, ahead=0) == (0, None)  # the worker allows none
+
+
+def test_no_claim_ahead_before_a_job_has_run() -> None:
+    pacer = ClaimPacer()
+    pacer.plan(free=8, now=0.0)
+    pacer.answered(got=8, now=0.002, idle_wait=5.0, pokes=pacer.pokes)
+    assert not pacer.claims_ahead
+    assert pacer.plan(free=0, now=0.003, ahead=8) == (0, None)
+
+
+def test_claiming_ahead_follows_the_moving_averages() -> None:
+    pacer = _trained(job_seconds=0.0001, claim_seconds=0.002, got=8, asked=8)
+    for _ in range(20):  # the jobs became slow: the pacer stops claiming ahead
+        pacer.finished(0.05)
+    assert not pacer.claims_ahead
+    for _ in range(20):
+        pacer.finished(0.0001)
+    assert pacer.claims_ahead

@@ -646,3 +646,63 @@ async def test_pool_too_small_for_concurrency_is_a_worker_error(pg_url: str) -> 
 
 async def _gone(url: str, job_id: str) -> bool:
     return await job_row(url, job_id) is None
+
+
+# --- claiming ahead (soniq/claiming.py): fast jobs, the next claim leaves while they run --
+
+
+async def _held_ahead(app: Soniq) -> tuple[list[int], asyncio.Event, str]:
+    """Thirty fast jobs (they teach the pacer that a job runs quicker than a claim), one
+    that blocks until released, and one more after it: with concurrency 1, that last one
+    is claimed while the blocker runs and waits, claimed but not started."""
+    ran: list[int] = []
+    release = asyncio.Event()
+
+    @app.job()
+    async def quick(i: int) -> None:
+        ran.append(i)
+
+    @app.job()
+    async def blocker() -> None:
+        await release.wait()
+
+    await app.enqueue_many(quick, [{"i": i} for i in range(30)])
+    await app.enqueue(blocker)
+    after = await app.enqueue(quick, i=99)
+    return ran, release, after
+
+
+async def _claimed(pg_url: str, job_id: str) -> bool:
+    row = await job_row(pg_url, job_id)
+    return row is not None and row["status"] == "processing"
+
+
+async def test_a_job_claimed_ahead_goes_back_unspent_at_shutdown(app: Soniq, pg_url: str) -> None:
+    ran, release, after = await _held_ahead(app)
+    worker = make_worker(app)
+    async with running(worker, concurrency=1):
+        await wait_until(partial(_claimed, pg_url, after), timeout=10, message="claimed ahead")
+        assert 99 not in ran  # concurrency 1: claimed while the blocker runs, not started
+        worker.stop()
+        release.set()
+    row = await job_row(pg_url, after)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
+    assert sorted(ran) == list(range(30))
+    assert await app.run_worker(run_once=True)  # and it runs, once, later
+    assert ran.count(99) == 1
+
+
+async def test_cancelling_a_job_claimed_ahead_ends_it_without_running(
+    app: Soniq, pg_url: str
+) -> None:
+    ran, release, after = await _held_ahead(app)
+    worker = make_worker(app)
+    async with running(worker, concurrency=1):
+        await wait_until(partial(_claimed, pg_url, after), timeout=10, message="claimed ahead")
+        assert await app.cancel_job(after)
+        await wait_until(
+            lambda: _is(app, after, "cancelled"), timeout=10, message="cancelled at once"
+        )
+        release.set()
+    assert 99 not in ran
+    assert await status_of(app, after) == "cancelled"
