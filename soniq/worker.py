@@ -4,7 +4,9 @@ Read top to bottom:
 
 * ``run`` / ``run_once`` start one loop (``_loop``) that claims as many jobs as
   there are free slots in one query, and sleeps on NOTIFY (or ``poll_interval``)
-  when there is nothing to do.
+  when there is nothing to do. When jobs run quicker than a claim travels, the next
+  claim leaves before the last one's jobs start (``_claim_ahead``; the rule is
+  ``ClaimPacer`` in soniq/claiming.py).
 * ``_execute`` runs one attempt and turns it into an ``Outcome`` value; it never
   touches the database. Outcomes are buffered and ``_ack_loop`` writes whatever
   has accumulated in one statement per kind, as soon as the previous write ends.
