@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from soniq.core.registry import JobDefinition, JobRegistry, check_task_name
-from soniq.errors import JobValidationError, SerializationError, UnknownTaskError
+from soniq.errors import EnqueueError, JobValidationError, SerializationError, UnknownTaskError
 from soniq.flow import concurrency_key_of
 from soniq.job import NewJob
 from soniq.serialization import dumps_strict
@@ -107,7 +107,7 @@ def build_jobs(
                 job_args = item.copy()
                 try:
                     args_json = _dumps_args(name, job_args)
-                except JobValidationError as exc:
+                except EnqueueError as exc:
                     _at_row(exc, index)
                     raise
                 jobs.append(NewJob(
@@ -179,7 +179,7 @@ class _Shared:
             _not_a_mapping(index, item)
         try:
             return self.job(job_id, job_args)
-        except JobValidationError as exc:
+        except EnqueueError as exc:
             _at_row(exc, index)
             raise
 
@@ -214,7 +214,7 @@ def _build_rows(
             _not_a_mapping(index, item)
         try:
             jobs.append(_make_job(resolved, settings, dict(item), options))
-        except JobValidationError as exc:
+        except EnqueueError as exc:
             _at_row(exc, index)
             raise
     return jobs
@@ -227,8 +227,9 @@ def _not_a_mapping(index: int, item: Any) -> NoReturn:
     )
 
 
-def _at_row(exc: JobValidationError, index: int) -> None:
-    """Which row was refused; nothing of the batch is written."""
+def _at_row(exc: EnqueueError, index: int) -> None:
+    """Which row was refused (its arguments, options or JSON); nothing of the batch is
+    written."""
     exc.context["index"] = index
     exc.message = f"Item {index}: {exc.message}"
 
