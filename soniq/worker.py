@@ -352,19 +352,27 @@ class Worker:
             raise
         self._finish(job, outcome, began)
 
-    def _finish(self, job: ClaimedJob, outcome: Outcome, began: float | None) -> None:
-        """Buffer the outcome of an attempt that began at ``began`` (``None``: a job
-        claimed ahead that never started)."""
-        took = 0.0
-        if began is not None:
-            took = time.perf_counter() - began
-            self._pacer.finished(took)
+    def _finish(self, job: ClaimedJob, outcome: Outcome, began: float) -> None:
+        took = time.perf_counter() - began
+        self._pacer.finished(took)
         events = self.events
         if events.finished:  # records and ack land in the same batch: one transaction
             self._note(events.emit_finished(job, outcome, took))
         self._push(Ack(job, outcome))
         if self._cancel_requested:
             self._cancel_requested.discard(job.id)
+
+    def _give_back(self, job: ClaimedJob, outcome: Requeue | Cancelled) -> None:
+        """The outcome of a job claimed ahead that never started. Observers never heard it
+        start, so they do not hear an attempt end: a requeued one is as if never claimed,
+        a cancelled one is announced as a change, like a queued job's cancel."""
+        if isinstance(outcome, Cancelled):
+            snapshot = {
+                "id": job.id, "task": job.job_name, "queue": job.queue, "status": "cancelled",
+                "attempts": job.attempt, "max_attempts": job.max_attempts, "error": outcome.error,
+            }  # fmt: skip
+            self._note(self.events.emit_changed("job.cancelled", snapshot))
+        self._push(Ack(job, outcome))
 
     def _note(self, records: list[Record]) -> None:
         if records:
@@ -669,7 +677,7 @@ class Worker:
         for job in self._ready:
             if job.id == job_id:  # claimed, not started: it ends cancelled without running
                 self._ready.remove(job)
-                self._finish(job, Cancelled(_stopped_error(job_id)), None)
+                self._give_back(job, Cancelled(_stopped_error(job_id)))
                 return
         for task, job in self._running.items():
             if job.id == job_id:
@@ -760,7 +768,7 @@ class Worker:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
         self._stopping = True
         while self._ready:  # claimed ahead, never started: back to the queue unspent
-            self._finish(self._ready.popleft(), Requeue(), None)
+            self._give_back(self._ready.popleft(), Requeue())
         if self._running and not self._force:
             await asyncio.wait(list(self._running), timeout=self._grace())
             await self._sync_grace()

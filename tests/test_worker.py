@@ -20,6 +20,8 @@ import pytest
 
 from soniq import JobContext, Soniq
 from soniq.errors import JobTimeoutError, WorkerError
+from soniq.events import Subscriber
+from soniq.job import ClaimedJob, Outcome
 from soniq.worker import Worker
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.worker_support import (
@@ -672,6 +674,31 @@ async def _held_ahead(app: Soniq) -> tuple[list[int], asyncio.Event, str]:
     return ran, release, after
 
 
+class _Heard(Subscriber):
+    """What observers (metrics, webhooks, tracing) hear, in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str]] = []
+
+    def on_started(self, job: ClaimedJob) -> None:
+        self.heard.append(("started", job.id))
+
+    def on_finished(self, job: ClaimedJob, outcome: Outcome, duration: float) -> None:
+        self.heard.append(("finished", job.id))
+
+    def on_changed(self, event: str, job: dict[str, Any]) -> None:
+        self.heard.append((event, job["id"]))
+
+    def about(self, job_id: str) -> list[str]:
+        return [event for event, heard_id in self.heard if heard_id == job_id]
+
+
+def _observed_worker(app: Soniq) -> tuple[Worker, _Heard]:
+    heard = app.events.subscribe(_Heard())
+    worker = Worker(app.backend, app.registry, app.settings, app.hooks, events=app.events)
+    return worker, heard
+
+
 async def _claimed(pg_url: str, job_id: str) -> bool:
     row = await job_row(pg_url, job_id)
     return row is not None and row["status"] == "processing"
@@ -679,7 +706,7 @@ async def _claimed(pg_url: str, job_id: str) -> bool:
 
 async def test_a_job_claimed_ahead_goes_back_unspent_at_shutdown(app: Soniq, pg_url: str) -> None:
     ran, release, after = await _held_ahead(app)
-    worker = make_worker(app)
+    worker, heard = _observed_worker(app)
     async with running(worker, concurrency=1):
         await wait_until(partial(_claimed, pg_url, after), timeout=10, message="claimed ahead")
         assert 99 not in ran  # concurrency 1: claimed while the blocker runs, not started
@@ -688,6 +715,7 @@ async def test_a_job_claimed_ahead_goes_back_unspent_at_shutdown(app: Soniq, pg_
     row = await job_row(pg_url, after)
     assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
     assert sorted(ran) == list(range(30))
+    assert heard.about(after) == []  # observers never heard it start, nor end
     assert await app.run_worker(run_once=True)  # and it runs, once, later
     assert ran.count(99) == 1
 
@@ -696,7 +724,7 @@ async def test_cancelling_a_job_claimed_ahead_ends_it_without_running(
     app: Soniq, pg_url: str
 ) -> None:
     ran, release, after = await _held_ahead(app)
-    worker = make_worker(app)
+    worker, heard = _observed_worker(app)
     async with running(worker, concurrency=1):
         await wait_until(partial(_claimed, pg_url, after), timeout=10, message="claimed ahead")
         assert await app.cancel_job(after)
@@ -706,3 +734,4 @@ async def test_cancelling_a_job_claimed_ahead_ends_it_without_running(
         release.set()
     assert 99 not in ran
     assert await status_of(app, after) == "cancelled"
+    assert heard.about(after) == ["job.cancelled"]  # as for a queued job: no attempt
