@@ -287,13 +287,14 @@ class Worker:
             return None
 
     def _start_jobs(self, jobs: list[ClaimedJob]) -> None:
-        """Start as many as there are free slots, in claim order; the rest wait ready."""
+        """Start as many as there are free slots, in claim order; the rest wait ready.
+        Once the worker is stopping none start: the shutdown gives them back unspent."""
         ready = self._ready
         if ready:
             jobs = [*ready, *jobs]
             ready.clear()
         jobs.sort(key=lambda j: (j.priority, j.scheduled_at or _EPOCH))
-        room = self._concurrency - len(self._running)
+        room = 0 if self._stopping else self._concurrency - len(self._running)
         for job in jobs[:room]:
             self._start_job(job)
         ready.extend(jobs[room:])
