@@ -42,6 +42,7 @@ from soniq.errors import DatabaseUnavailableError
 from tests.chaos_support import (
     RUNS_TABLE,
     PgServer,
+    PickupTimer,
     StallingProxy,
     WorkerProcs,
     pg_server,
@@ -137,6 +138,23 @@ async def settle(url: str, ids: list[str], timeout: float) -> tuple[int, int]:
     return done, dead
 
 
+async def finish(
+    url: str, ids: list[str], timeout: float, killed: set[int], started: float
+) -> tuple[int, str, float]:
+    """Once every job has settled: jobs lost, duplicate runs, and seconds since ``started``."""
+    done, dead = await settle(url, ids, timeout)
+    elapsed = time.monotonic() - started
+    return len(ids) - done - dead, await duplicates(url, ids, killed), elapsed
+
+
+async def drain_with_two_workers(procs: WorkerProcs, producer: Soniq) -> list[str]:
+    """Enqueue 1,500 jobs of 50 ms and start two workers of concurrency 8 on them."""
+    ids = await producer.enqueue_many("chaos.run", [{"n": i, "sleep": 0.05} for i in range(1500)])
+    for _ in range(2):
+        procs.start(CHAOS_CONCURRENCY="8")
+    return ids
+
+
 async def duplicates(url: str, ids: list[str], killed: set[int]) -> str:
     """Handler re-runs; with kills, how many are not explained by one (should be 0)."""
     counts = await run_counts(url, ids)
@@ -220,11 +238,9 @@ async def soak(b: Bench) -> Row:
             victim.kill()
             victim.wait(timeout=10)
             procs.start(CHAOS_CONCURRENCY="4")
-        done, dead = await settle(url, ids, 600)
-        elapsed = time.monotonic() - started
-        dups = await duplicates(url, ids, killed)
+        lost, dups, elapsed = await finish(url, ids, 600, killed, started)
     return Row(
-        "soak: 4 workers, 20 random SIGKILLs", 2000, 2000 - done - dead, dups,
+        "soak: 4 workers, 20 random SIGKILLs", 2000, lost, dups,
         f"{elapsed:.0f} total", note="a killed worker is replaced at once",
     )  # fmt: skip
 
@@ -253,11 +269,7 @@ async def nodup(b: Bench) -> Row:
 async def restart(b: Bench) -> Row:
     url = await b.database()
     async with b.workers(url) as (procs, producer):
-        ids = await producer.enqueue_many(
-            "chaos.run", [{"n": i, "sleep": 0.05} for i in range(1500)]
-        )
-        for _ in range(2):
-            procs.start(CHAOS_CONCURRENCY="8")
+        ids = await drain_with_two_workers(procs, producer)
         await until(lambda: _done_at_least(url, ids, 300), 120, "300 done")
         await asyncio.to_thread(b.server.stop, "fast")
         error = "none (!)"
@@ -271,10 +283,9 @@ async def restart(b: Bench) -> Row:
         before = (await settled(url, ids))[0]
         await until(lambda: _done_at_least(url, ids, before + 1), 120, "a job after restart")
         resume = time.monotonic() - back
-        done, dead = await settle(url, ids, 300)
-        dups = await duplicates(url, ids, set())
+        lost, dups, _ = await finish(url, ids, 300, set(), back)
     return Row(
-        "PostgreSQL stopped 3 s mid-drain, then started", 1500, 1500 - done - dead, dups,
+        "PostgreSQL stopped 3 s mid-drain, then started", 1500, lost, dups,
         f"{resume:.1f} to first job done", note=f"enqueue during the outage: {error}",
     )  # fmt: skip
 
@@ -286,11 +297,7 @@ async def _done_at_least(url: str, ids: list[str], n: int) -> bool:
 async def storm(b: Bench) -> Row:
     url = await b.database()
     async with b.workers(url) as (procs, producer):
-        ids = await producer.enqueue_many(
-            "chaos.run", [{"n": i, "sleep": 0.05} for i in range(1500)]
-        )
-        for _ in range(2):
-            procs.start(CHAOS_CONCURRENCY="8")
+        ids = await drain_with_two_workers(procs, producer)
         started = time.monotonic()
         for round_ in range(10):
             await until(lambda r=round_: _done_at_least(url, ids, 100 * (r + 1)), 120, "progress")
@@ -300,11 +307,9 @@ async def storm(b: Bench) -> Row:
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()",
             )
         await producer.close()
-        done, dead = await settle(url, ids, 300)
-        elapsed = time.monotonic() - started
-        dups = await duplicates(url, ids, set())
+        lost, dups, elapsed = await finish(url, ids, 300, set(), started)
     return Row(
-        "pg_terminate_backend of every connection, 10 rounds", 1500, 1500 - done - dead, dups,
+        "pg_terminate_backend of every connection, 10 rounds", 1500, lost, dups,
         f"{elapsed:.0f} total", note="live workers' locks freed too: re-runs are lease-safe",
     )  # fmt: skip
 
@@ -315,18 +320,7 @@ async def half_open(b: Bench) -> Row:
     await proxy.start()
     via = url.replace(f":{b.server.port}/", f":{proxy.port}/")
     app = Soniq(database_url=url, listen_database_url=via, pool_min_size=1)
-    done: dict[int, float] = {}
-
-    @app.job(name="bench.mark")
-    async def mark(n: int) -> None:
-        done[n] = time.monotonic()
-
-    async def latency(n: int) -> float:
-        sent = time.monotonic()
-        await app.enqueue(mark, n=n)
-        while n not in done:
-            await asyncio.sleep(0.01)
-        return done[n] - sent
+    timer = PickupTimer(app, "bench.mark")
 
     noticed = asyncio.Event()
 
@@ -340,12 +334,12 @@ async def half_open(b: Bench) -> Row:
     worker = asyncio.create_task(app.run_worker(concurrency=2))
     try:
         await asyncio.sleep(1)
-        before = await latency(1)
+        before = await timer.latency(1, timeout=60)
         proxy.flowing.clear()
         stalled = time.monotonic()
         await asyncio.wait_for(noticed.wait(), 60)
         detect = time.monotonic() - stalled
-        polled = await latency(2)
+        polled = await timer.latency(2, timeout=60)
         proxy.flowing.set()
     finally:
         worker.cancel()

@@ -18,12 +18,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tests.helpers import wait_until_sync
+from tests.helpers import wait_until, wait_until_sync
+from tests.processes import ScriptProcesses
+
+if TYPE_CHECKING:
+    from soniq import Soniq
 
 SERVICE_USERS = ("postgres", "pgserver")
 
@@ -321,44 +326,15 @@ CREATE TABLE IF NOT EXISTS chaos_runs (
 """
 
 
-class WorkerProcs:
+class WorkerProcs(ScriptProcesses):
     """Starts chaos worker processes (``python worker.py``); ``kill_all`` ends every one."""
 
     def __init__(self, url: str, root: Path, **env: str) -> None:
+        super().__init__(root, "chaos_worker.py", WORKER_SCRIPT, CHAOS_DB_URL=url, **env)
         self.url = url
-        self.root = root
-        self.script = root / "chaos_worker.py"
-        self.script.write_text(WORKER_SCRIPT)
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
-        log_path = self.root / f"worker-{len(self.procs)}.log"
-        full = {k: v for k, v in os.environ.items() if not k.startswith("SONIQ_")}
-        full.update(CHAOS_DB_URL=self.url, **self.env, **env)
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, str(self.script)], env=full, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-            )  # fmt: skip
-        self.procs.append(proc)
-        self.logs[proc.pid] = log_path
-        return proc
-
-    def log(self, proc: subprocess.Popen[bytes]) -> str:
-        return self.logs[proc.pid].read_text(errors="replace")
-
-    def alive(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in self.procs if p.poll() is None]
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        return self.spawn(**env)
 
 
 SETTLED = """
@@ -406,6 +382,27 @@ def unexplained_duplicates(counts: dict[str, tuple[int, list[int]]], killed: set
         for job_id, (runs, pids) in counts.items()
         if runs > 1 and not all(pid in killed for pid in pids[:-1])
     ]
+
+
+class PickupTimer:
+    """A job ``name`` on ``app`` that notes when its handler runs (in this process):
+    ``latency(n)`` enqueues one and returns the seconds from enqueue to the handler."""
+
+    def __init__(self, app: Soniq, name: str) -> None:
+        self.app = app
+        self.done: dict[int, float] = {}
+
+        @app.job(name=name)
+        async def mark(n: int) -> None:
+            self.done[n] = time.monotonic()
+
+        self.job = mark
+
+    async def latency(self, n: int, timeout: float = 15) -> float:
+        sent = time.monotonic()
+        await self.app.enqueue(self.job, n=n)
+        await wait_until(lambda: n in self.done, timeout=timeout, message=f"job {n} ran")
+        return self.done[n] - sent
 
 
 class StallingProxy:

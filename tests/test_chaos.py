@@ -45,6 +45,7 @@ from soniq.errors import DatabaseUnavailableError
 from tests.chaos_support import (
     RUNS_TABLE,
     PgServer,
+    PickupTimer,
     SetupError,
     StallingProxy,
     WorkerProcs,
@@ -54,7 +55,7 @@ from tests.chaos_support import (
     unexplained_duplicates,
 )
 from tests.helpers import FAST_SETTINGS, wait_until
-from tests.processes import SoniqProcess
+from tests.processes import SoniqProcess, wait_exit
 from tests.worker_support import connect, make_worker, running
 
 HEARTBEAT = "0.5"  # liveness tick 0.5 s, lock grace 2 s; heartbeat_timeout stays 300 s
@@ -144,11 +145,6 @@ async def chaos_on(url: str, root: Path, **env: str) -> AsyncIterator[Chaos]:
 async def chaos(pg_url: str, tmp_path: Path) -> AsyncIterator[Chaos]:
     async with chaos_on(pg_url, tmp_path) as c:
         yield c
-
-
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    await wait_until(lambda: proc.poll() is not None, timeout=timeout, message="process exit")
-    return int(proc.returncode)
 
 
 # --- the kill matrix -----------------------------------------------------------------
@@ -521,17 +517,7 @@ async def test_half_open_listen_connection(pg_url: str, caplog: pytest.LogCaptur
     via_proxy = pg_url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}")
     settings = {**FAST_SETTINGS, "poll_interval": 2.0, "listen_database_url": via_proxy}
     app = Soniq(database_url=pg_url, **settings)
-    done: dict[int, float] = {}
-
-    @app.job(name="proxy.mark")
-    async def mark(n: int) -> None:
-        done[n] = time.monotonic()
-
-    async def latency(n: int) -> float:
-        sent = time.monotonic()
-        await app.enqueue(mark, n=n)
-        await wait_until(lambda: n in done, timeout=15, message=f"job {n} ran")
-        return done[n] - sent
+    latency = PickupTimer(app, "proxy.mark").latency
 
     try:
         async with running(make_worker(app), concurrency=2):

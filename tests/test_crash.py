@@ -7,11 +7,9 @@ so the tests can see exactly which jobs ran, where, and how often.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +21,7 @@ import pytest
 from soniq import Soniq
 from soniq.job import WorkerInfo
 from tests.helpers import FAST_SETTINGS, wait_until
+from tests.processes import ScriptProcesses, wait_exit
 from tests.worker_support import connect, job_row
 
 WORKER_SCRIPT = """
@@ -73,55 +72,24 @@ CREATE TABLE runs (
 """
 
 
-class Workers:
-    """Starts worker processes; the fixture kills every one of them at the end."""
+class Workers(ScriptProcesses):
+    """Worker processes of the script above; the fixture kills every one of them at the end."""
 
     def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url = url
-        self.tmp_path = tmp_path
-        self.script = tmp_path / "crash_worker.py"
-        self.script.write_text(WORKER_SCRIPT)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
+        super().__init__(tmp_path, "crash_worker.py", WORKER_SCRIPT, CRASH_DB_URL=url)
 
-    def start(self, concurrency: int = 4, mode: str = "continuous", shutdown: float = 5.0) -> Any:
-        log_path = self.tmp_path / f"worker-{len(self.procs)}.log"
-        env = {
-            **os.environ,
-            "CRASH_DB_URL": self.url,
-            "CRASH_CONCURRENCY": str(concurrency),
-            "CRASH_MODE": mode,
-            "CRASH_SHUTDOWN": str(shutdown),
-        }
-        env = {k: v for k, v in env.items() if not k.startswith("SONIQ_")}
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, str(self.script)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,
-            )  # fmt: skip
-        self.procs.append(proc)
-        self.logs[proc.pid] = log_path
-        return proc
-
-    def log(self, proc: subprocess.Popen[bytes]) -> str:
-        return self.logs[proc.pid].read_text()
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+    def start(
+        self, concurrency: int = 4, mode: str = "continuous", shutdown: float = 5.0
+    ) -> subprocess.Popen[bytes]:
+        return self.spawn(
+            CRASH_CONCURRENCY=str(concurrency), CRASH_MODE=mode, CRASH_SHUTDOWN=str(shutdown)
+        )
 
 
 @pytest.fixture
 def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(pg_url, tmp_path)
-    try:
+    with Workers(pg_url, tmp_path) as w:
         yield w
-    finally:
-        w.kill_all()
 
 
 @pytest.fixture
@@ -166,11 +134,6 @@ async def all_done(url: str, ids: list[str]) -> bool:
 async def worker_ids_of(url: str, pid: int) -> list[str]:
     rows = await fetch(url, "SELECT id::text FROM soniq_workers WHERE pid = $1", pid)
     return [r[0] for r in rows]
-
-
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    await wait_until(lambda: proc.poll() is not None, timeout=timeout, message="process exit")
-    return int(proc.returncode)
 
 
 # --- (a) SIGKILL mid-job: another worker finishes everything -------------------------------
@@ -420,16 +383,8 @@ asyncio.run(main())
 
 
 async def test_one_process_two_instances_both_stop_on_sigterm(pg_url: str, tmp_path: Path) -> None:
-    script = tmp_path / "two_apps.py"
-    script.write_text(TWO_APPS_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIQ_")}
-    env["CRASH_DB_URL"] = pg_url
-    log_path = tmp_path / "two_apps.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script)], env=env, stdout=out, stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )  # fmt: skip
+    procs = ScriptProcesses(tmp_path, "two_apps.py", TWO_APPS_SCRIPT, CRASH_DB_URL=pg_url)
+    proc = procs.spawn()
     producer = Soniq(database_url=pg_url, enqueue_validation="none", **FAST_SETTINGS)
     try:
         await wait_until(
@@ -440,10 +395,8 @@ async def test_one_process_two_instances_both_stop_on_sigterm(pg_url: str, tmp_p
         jb = await producer.enqueue("two.b", args={"n": 2}, queue="qb")
         await wait_until(lambda: all_done(pg_url, [ja, jb]), timeout=10, message="both done")
         proc.send_signal(signal.SIGTERM)
-        assert await wait_exit(proc, 15) == 0, log_path.read_text()
+        assert await wait_exit(proc, 15) == 0, procs.log(proc)
         assert await fetchval(pg_url, "SELECT count(*) FROM soniq_workers") == 0
     finally:
         await producer.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        procs.kill_all()

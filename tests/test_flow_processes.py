@@ -10,8 +10,8 @@ worker process.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +23,7 @@ import pytest
 
 from soniq import Soniq
 from tests.helpers import FAST_SETTINGS, wait_until
+from tests.processes import ScriptProcesses
 from tests.worker_support import connect
 
 WORKER_SCRIPT = """
@@ -99,47 +100,27 @@ CREATE TABLE spans (job_id uuid NOT NULL, kind text NOT NULL, pid int NOT NULL,
 """
 
 
-class Workers:
-    """Worker processes of the script above; all are killed at the end of the test."""
+class Workers(ScriptProcesses):
+    """Worker processes of the script above; all are stopped (SIGTERM, then SIGKILL after 10 s)
+    at the end of the test."""
+
+    end_signal = signal.SIGTERM
 
     def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url, self.tmp_path = url, tmp_path
-        self.script = tmp_path / "flow_worker.py"
-        self.script.write_text(WORKER_SCRIPT)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        super().__init__(tmp_path, "flow_worker.py", WORKER_SCRIPT, FLOW_DB_URL=url)
 
     def start(self, n: int, concurrency: int = 4) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SONIQ_")}
-        env.update(FLOW_DB_URL=self.url, FLOW_CONCURRENCY=str(concurrency))
         for _ in range(n):
-            log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-            proc = subprocess.Popen(
-                [sys.executable, str(self.script)], env=env, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.tmp_path,
-            )  # fmt: skip
-            self.procs.append(proc)
+            self.spawn(FLOW_CONCURRENCY=str(concurrency))
 
-    def logs(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.tmp_path.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-            if proc.poll() is None:
-                proc.kill()
+    def all_logs(self) -> str:
+        return "\n".join(self.log(proc) for proc in self.procs)
 
 
 @pytest.fixture
 def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(pg_url, tmp_path)
-    try:
+    with Workers(pg_url, tmp_path) as w:
         yield w
-    finally:
-        w.stop_all()
 
 
 @pytest.fixture
@@ -191,7 +172,7 @@ async def test_queue_concurrency_limit_holds_across_processes(
     for _, step in events:
         running += step
         peak = max(peak, running)
-    assert peak == 2, workers.logs()  # never 3, and the limit was used
+    assert peak == 2, workers.all_logs()  # never 3, and the limit was used
     pids = {r["pid"] for r in await spans(pg_url, "start")}
     assert len(pids) >= 2  # the processes really shared the queue
 
@@ -204,7 +185,7 @@ async def test_rate_limit_holds_across_processes(app: Soniq, workers: Workers, p
     await wait_until(lambda: all_done(app, "rated", 30), timeout=60, message="30 jobs done")
     jobs = await app.list_jobs(queue="rated", status="done", limit=100)
     claimed = [j["started_at"] for j in jobs]  # the claim's clock: what the limiter counts
-    assert most_in_window(claimed, timedelta(seconds=1)) == 10, workers.logs()
+    assert most_in_window(claimed, timedelta(seconds=1)) == 10, workers.all_logs()
     span = max(claimed) - min(claimed)
     assert timedelta(seconds=2) <= span < timedelta(seconds=5)  # limited, yet at the rate
     # The handlers start a few milliseconds after their claim; a window shorter by that
