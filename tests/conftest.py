@@ -11,13 +11,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
 
 from soniq import Soniq
 from soniq.backends.migrations_pg import apply_migrations
 from soniq.errors import DatabaseUnavailableError
-from soniq.testing.postgres import admin_url, with_database
+from soniq.testing.postgres import _admin, admin_url, with_database
 from tests.helpers import FAST_SETTINGS
 
 # "An app on each backend" (app_factory, soniq_app) for every test module.
@@ -33,14 +32,6 @@ def pg_admin_url() -> str:
         return admin_url()
     except DatabaseUnavailableError as exc:
         pytest.fail(exc.message, pytrace=False)
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")

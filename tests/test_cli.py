@@ -34,22 +34,8 @@ from soniq.sql import migration_files
 from soniq.testing.postgres import with_database as _with_db
 from tests.helpers import FAST_SETTINGS, wait_until
 from tests.processes import SoniqProcess
+from tests.test_quickstart import JOBS_PY, SEED_URL
 from tests.worker_support import connect
-
-QUICKSTART_JOBS = """\
-# jobs.py
-import asyncio
-from soniq import Soniq
-
-app = Soniq(database_url="postgresql://localhost/myapp")
-
-@app.job()
-async def send_welcome(to: str):
-    print(f"Sending welcome email to {to}")
-
-if __name__ == "__main__":
-    asyncio.run(app.enqueue(send_welcome, to="dev@example.com"))
-"""
 
 WORKER_ENV = {"SONIQ_POLL_INTERVAL": "0.2", "SONIQ_HEARTBEAT_INTERVAL": "0.5"}
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
@@ -569,9 +555,7 @@ async def test_sqlite_setup_status_and_dead_letters(tmp_path: Path) -> None:
 
 # --- worker ----------------------------------------------------------------------------
 async def test_quickstart_end_to_end(empty_pg_url: str, tmp_path: Path) -> None:
-    (tmp_path / "jobs.py").write_text(
-        QUICKSTART_JOBS.replace("postgresql://localhost/myapp", empty_pg_url)
-    )
+    (tmp_path / "jobs.py").write_text(JOBS_PY.replace(SEED_URL, empty_pg_url))
     env = cli_env(empty_pg_url, SONIQ_JOBS_MODULES="jobs", **WORKER_ENV)
     ok(soniq("setup", env=env, cwd=tmp_path))
 

@@ -16,13 +16,13 @@ import uuid
 import venv
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from soniq import Soniq
 from soniq.errors import MigrationError
+from soniq.testing.postgres import _admin, with_database
 from tests.helpers import FAST_SETTINGS
 from tests.test_cli import WORKER_ENV, cli_env, ok
 
@@ -105,18 +105,6 @@ def published_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def published_db(
     pg_admin_url: str, published_python: Path, tmp_path: Path
@@ -124,7 +112,7 @@ async def published_db(
     """A database made by the published package: (url, ids of what it holds)."""
     name = f"soniq_pub_{uuid.uuid4().hex[:10]}"
     await _admin(pg_admin_url, f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_admin_url, name)
+    url = with_database(pg_admin_url, name)
     script = tmp_path / "make_database.py"
     script.write_text(MAKE_DATABASE)
     made = subprocess.run(

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 
 import soniq
+from soniq.testing.postgres import _admin
 from soniq.utils import mask_url
-from tests.conftest import _admin
 from tests.helpers import wait_until_sync
 
 SEED_URL = "postgresql://localhost/myapp"
