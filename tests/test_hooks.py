@@ -289,8 +289,9 @@ async def test_worker_hooks_dict_with_plain_functions(app: Soniq) -> None:
     assert calls == ["before dict.hooks 1", "after dict.hooks"]
 
 
-async def test_slack_alert_on_final_failure_example(app: Soniq) -> None:
-    """The Hooks page's example, verbatim apart from the Slack call."""
+def final_failure_alerts(app: Soniq) -> list[str]:
+    """Adds the Hooks page's alerting example (it reads the registry) to ``app``, verbatim
+    apart from the Slack call; returns the list the Slack messages go to."""
     sent: list[str] = []
 
     async def send_slack_message(text: str) -> None:
@@ -304,6 +305,13 @@ async def test_slack_alert_on_final_failure_example(app: Soniq) -> None:
             await send_slack_message(
                 f"Job {job_name} ({job_id}) moved to dead-letter queue: {error}"
             )
+
+    return sent
+
+
+async def test_slack_alert_on_final_failure_example(app: Soniq) -> None:
+    """The Hooks page's example, verbatim apart from the Slack call."""
+    sent = final_failure_alerts(app)
 
     @app.job(name="reports.fragile", retries=2)
     async def fragile() -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from soniq import Soniq
 from tests.helpers import FAST_SETTINGS
+from tests.test_hooks import final_failure_alerts
 
 
 @pytest.fixture
@@ -444,19 +445,7 @@ async def test_common_patterns_async_context_manager(
 
 
 async def test_hooks_alert_on_final_failure(app: Soniq) -> None:
-    alerts: list[str] = []
-
-    async def send_slack_message(text: str) -> None:
-        alerts.append(text)
-
-    @app.on_error
-    async def alert_on_final_failure(job_name, job_id, error, attempt):
-        # Look up the job's max_attempts from the registry
-        job_meta = app._get_job_registry().get_job(job_name)
-        if job_meta and attempt >= job_meta["max_retries"] + 1:
-            await send_slack_message(
-                f"Job {job_name} ({job_id}) moved to dead-letter queue: {error}"
-            )
+    alerts = final_failure_alerts(app)
 
     @app.job(name="billing.charge", retries=1)
     async def charge():
