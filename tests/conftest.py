@@ -16,7 +16,7 @@ import pytest
 from soniq import Soniq
 from soniq.backends.migrations_pg import apply_migrations
 from soniq.errors import DatabaseUnavailableError
-from soniq.testing.postgres import _admin, admin_url, with_database
+from soniq.testing.postgres import admin_execute, admin_url, with_database
 from tests.helpers import FAST_SETTINGS
 
 # "An app on each backend" (app_factory, soniq_app) for every test module.
@@ -38,19 +38,19 @@ def pg_admin_url() -> str:
 def pg_template(pg_admin_url: str) -> Iterator[str]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     name = f"soniq_tpl_{worker}_{os.getpid()}"
-    asyncio.run(_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}"'))
     asyncio.run(apply_migrations(with_database(pg_admin_url, name)))
     yield name
-    asyncio.run(_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 async def pg_url(pg_admin_url: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh database with Soniq's schema, dropped after the test."""
     name = f"soniq_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    await admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield with_database(pg_admin_url, name)
-    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ async def empty_pg_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A database name that does not exist yet (for `soniq setup` to create)."""
     name = f"soniq_e_{uuid.uuid4().hex[:12]}"
     yield with_database(pg_admin_url, name)
-    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

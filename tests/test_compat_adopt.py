@@ -22,7 +22,7 @@ import pytest
 
 from soniq import Soniq
 from soniq.errors import MigrationError
-from soniq.testing.postgres import _admin, with_database
+from soniq.testing.postgres import admin_execute, with_database
 from tests.helpers import FAST_SETTINGS
 from tests.test_cli import WORKER_ENV, cli_env, ok
 
@@ -111,7 +111,7 @@ async def published_db(
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """A database made by the published package: (url, ids of what it holds)."""
     name = f"soniq_pub_{uuid.uuid4().hex[:10]}"
-    await _admin(pg_admin_url, f'CREATE DATABASE "{name}"')
+    await admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
     url = with_database(pg_admin_url, name)
     script = tmp_path / "make_database.py"
     script.write_text(MAKE_DATABASE)
@@ -123,9 +123,10 @@ async def published_db(
     assert made.returncode == 0, made.stderr[-3000:]
     ids: dict[str, str] = json.loads(made.stdout.strip().splitlines()[-1])
     # A job whose worker crashed mid-run: the published schema has it in 'processing'.
-    await _admin(url, f"UPDATE soniq_jobs SET status = 'processing' WHERE id = '{ids['stuck']}'")
+    stuck = f"UPDATE soniq_jobs SET status = 'processing' WHERE id = '{ids['stuck']}'"
+    await admin_execute(url, stuck)
     yield url, ids
-    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _rows(url: str, sql: str) -> list[asyncpg.Record]:
@@ -200,7 +201,7 @@ async def test_an_earlier_adoption_schema_is_refused_and_nothing_changes(
     published_db: tuple[str, dict[str, str]],
 ) -> None:
     url, _ = published_db
-    await _admin(url, "CREATE SCHEMA soniq_published")
+    await admin_execute(url, "CREATE SCHEMA soniq_published")
     app = Soniq(database_url=url, **FAST_SETTINGS)
     with pytest.raises(MigrationError) as info:
         await app.setup()

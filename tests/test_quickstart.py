@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import soniq
-from soniq.testing.postgres import _admin
+from soniq.testing.postgres import admin_execute
 from soniq.utils import mask_url
 from tests.helpers import wait_until_sync
 
@@ -96,7 +96,7 @@ def advised_setup(message: str, app_url: str) -> str:
 async def app_url(empty_pg_url: str, pg_admin_url: str) -> str:
     """The user's database: it exists (the PostgreSQL they already have), without Soniq's tables."""
     name = urlsplit(empty_pg_url).path.lstrip("/")
-    await _admin(pg_admin_url, f'CREATE DATABASE "{name}"')
+    await admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
     return empty_pg_url
 
 

@@ -65,7 +65,9 @@ async def _reachable(url: str) -> bool:
     return True
 
 
-async def _admin(url: str, sql: str) -> None:
+async def admin_execute(url: str, sql: str) -> None:
+    """Run one statement on its own connection (``CREATE DATABASE`` and ``DROP DATABASE``
+    cannot run inside a transaction or on a pool that holds the database open)."""
     import asyncpg
 
     conn = await asyncpg.connect(url)
@@ -130,9 +132,9 @@ def create_template(admin: str) -> str:
 
 def clone(admin: str, template: str) -> str:
     name = f"soniq_t_{uuid.uuid4().hex[:12]}"
-    run_sync(_admin(admin, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    run_sync(admin_execute(admin, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     return name
 
 
 def drop(admin: str, name: str) -> None:
-    run_sync(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(admin_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
