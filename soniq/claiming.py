@@ -21,10 +21,10 @@ few, full claims, without ever leaving a slot idle while jobs wait. The rule:
   (still one, of at most ``concurrency`` jobs) leaves as soon as the last one answered,
   before its jobs start, so the round trip overlaps their run. Jobs it brings that find
   no free slot wait in the worker, claimed, and start as slots free. Measured
-  (bench/RESULTS.md, "Claiming ahead"): +11% to +30% for one process on no-op jobs;
-  -10% for four processes on two cores, where claims compete for CPU rather than wait
-  on round trips. Slower jobs, an emptying queue and drains (``run_once``) never claim
-  ahead.
+  (bench/RESULTS.md, "Claiming ahead"): +11% to +35% for one process on no-op jobs;
+  between -13% and +27% for four processes on two cores, where the cores leave little
+  round trip to overlap. Slower jobs, an emptying queue and drains (``run_once``) never
+  claim ahead.
 
 Pure bookkeeping, no I/O: the worker asks ``plan`` what to do and reports back.
 """
