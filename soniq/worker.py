@@ -678,7 +678,7 @@ class Worker:
         for job in self._ready:
             if job.id == job_id:  # claimed, not started: it ends cancelled without running
                 self._ready.remove(job)
-                self._give_back(job, Cancelled(_stopped_error(job_id)))
+                self._give_back(job, Cancelled(_stopped_error(job_id, ran=False)))
                 return
         for task, job in self._running.items():
             if job.id == job_id:
@@ -924,9 +924,10 @@ def _describe(exc: BaseException) -> str:
     return describe_error(exc)  # a SoniqError's message, not its framed str()
 
 
-def _stopped_error(job_id: str) -> str:
+def _stopped_error(job_id: str, *, ran: bool = True) -> str:
+    when = "while it ran" if ran else "before it started (it was claimed, waiting for a slot)"
     return (
-        f"JobCancelledError: job {job_id} was cancelled by cancel_job() while it ran; it is "
+        f"JobCancelledError: job {job_id} was cancelled by cancel_job() {when}; it is "
         "not retried (enqueue it again to run it)"
     )
 

@@ -735,3 +735,4 @@ async def test_cancelling_a_job_claimed_ahead_ends_it_without_running(
     assert 99 not in ran
     assert await status_of(app, after) == "cancelled"
     assert heard.about(after) == ["job.cancelled"]  # as for a queued job: no attempt
+    assert "before it started" in (await job_row(pg_url, after))["last_error"]
