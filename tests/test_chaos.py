@@ -103,6 +103,12 @@ class Chaos:
         )
         return bool(count >= n)
 
+    async def started_in(self, proc: subprocess.Popen[bytes], n: int) -> bool:
+        """``n`` handlers have started in ``proc`` (their runs are recorded), not only been
+        claimed by it: a job killed between the two would not count its first run."""
+        count = await self.value("SELECT count(*) FROM chaos_runs WHERE pid = $1", proc.pid)
+        return bool(count >= n)
+
     async def settle(self, ids: list[str], timeout: float = 60) -> tuple[int, int]:
         """Wait until none of ``ids`` is queued or processing; (done, dead-lettered)."""
 
@@ -154,7 +160,7 @@ async def test_sigkill_mid_job_is_recovered_within_seconds(chaos: Chaos) -> None
     long = await chaos.enqueue([{"n": i, "sleep": 60, "first_only": True} for i in range(2)])
     short = await chaos.enqueue([{"n": i} for i in range(2, 10)])
     a = chaos.procs.start(CHAOS_CONCURRENCY="2")
-    await wait_until(lambda: chaos.running_in(a, 2), timeout=20, message="A runs both long jobs")
+    await wait_until(lambda: chaos.started_in(a, 2), timeout=20, message="A runs both long jobs")
     b = chaos.procs.start(CHAOS_CONCURRENCY="4")
     await wait_until(lambda: chaos.registered(b), timeout=20, message="B registered")
     [a_id] = await chaos.worker_ids(a)
@@ -183,7 +189,7 @@ async def test_sigkill_mid_job_is_recovered_within_seconds(chaos: Chaos) -> None
 async def test_graceful_signal_finishes_running_jobs(chaos: Chaos, sig: int) -> None:
     busy = await chaos.enqueue([{"n": i, "sleep": 1.0} for i in range(2)])
     a = chaos.procs.start(CHAOS_CONCURRENCY="2")
-    await wait_until(lambda: chaos.running_in(a, 2), timeout=20, message="A busy")
+    await wait_until(lambda: chaos.started_in(a, 2), timeout=20, message="A busy")
     later = await chaos.enqueue([{"n": i} for i in range(2, 6)] + [{"n": 6, "fail": True}])
     chaos.kill(a, sig)
     assert await wait_exit(a, 15) == 0, chaos.procs.log(a)
@@ -200,7 +206,7 @@ async def test_interrupted_jobs_are_requeued_unspent(chaos: Chaos, how: str) -> 
     ids = await chaos.enqueue([{"n": i, "sleep": 60, "first_only": True} for i in range(2)])
     shutdown = "30" if how == "double SIGTERM" else "0.5"
     a = chaos.procs.start(CHAOS_CONCURRENCY="2", CHAOS_SHUTDOWN=shutdown)
-    await wait_until(lambda: chaos.running_in(a, 2), timeout=20, message="A busy")
+    await wait_until(lambda: chaos.started_in(a, 2), timeout=20, message="A busy")
     stopped_at = time.monotonic()
     chaos.kill(a, signal.SIGTERM)
     if how == "double SIGTERM":
