@@ -23,8 +23,9 @@ few, full claims, without ever leaving a slot idle while jobs wait. The rule:
   no free slot wait in the worker, claimed, and start as slots free. Measured
   (bench/RESULTS.md, "Claiming ahead"): +11% to +35% for one process on no-op jobs;
   between -13% and +27% for four processes on two cores, where the cores leave little
-  round trip to overlap. Slower jobs, an emptying queue and drains (``run_once``) never
-  claim ahead.
+  round trip to overlap; -7% on SQLite, whose claim runs on the worker's own connection
+  thread behind the acks, so only backends with ``claim_ahead`` (PostgreSQL) do it.
+  Slower jobs, an emptying queue and drains (``run_once``) never claim ahead.
 
 Pure bookkeeping, no I/O: the worker asks ``plan`` what to do and reports back.
 """

@@ -193,8 +193,11 @@ class Worker:
         self._check_capacity(concurrency)
         self._reset_state()
         self._concurrency = concurrency
-        # A long-running worker may claim ahead; a drain takes only what it can run.
-        self._ahead = concurrency if not drain and max_jobs is None else 0
+        # A long-running worker may claim ahead; a drain takes only what it can run. A
+        # backend written before the attribute existed does not.
+        ahead_pays = getattr(self.backend, "claim_ahead", False)
+        claims_ahead = ahead_pays and not drain and max_jobs is None
+        self._ahead = concurrency if claims_ahead else 0
         queues = list(queues) if queues else None
         pacer = self._pacer = ClaimPacer()  # when to claim, and how many
         side_loops = await self._start(concurrency, queues, listen=not drain)

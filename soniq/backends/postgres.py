@@ -118,6 +118,7 @@ class PostgresBackend:
 
     name = "postgres"
     supports_transactions = True
+    claim_ahead = True
     prune_batch: int | None = None  # rows per prune transaction; None: PRUNE_BATCH
 
     def __init__(

@@ -146,6 +146,7 @@ class SQLiteBackend:
 
     name = "sqlite"
     supports_transactions = False
+    claim_ahead = False  # one connection, one thread: a claim ahead waits behind the acks
     prune_batch: int | None = None  # rows per prune transaction; None: PRUNE_CHUNK
 
     def __init__(self, path: str = DEFAULT_PATH, settings: SoniqSettings | None = None) -> None:

@@ -94,6 +94,8 @@ async def test_backend_satisfies_the_protocol(
     assert backend.name == backend_target[0]
     # Documented difference: only PostgreSQL joins a caller's transaction.
     assert backend.supports_transactions is (backend.name == "postgres")
+    # Workers claim ahead only where a claim is a round trip to a server (soniq/claiming.py).
+    assert backend.claim_ahead is (backend.name == "postgres")
 
 
 # --- enqueue shapes and options --------------------------------------------------------
