@@ -22,10 +22,11 @@ few, full claims, without ever leaving a slot idle while jobs wait. The rule:
   before its jobs start, so the round trip overlaps their run. Jobs it brings that find
   no free slot wait in the worker, claimed, and start as slots free. Measured
   (bench/RESULTS.md, "Claiming ahead"): +11% to +35% for one process on no-op jobs;
-  between -13% and +27% for four processes on two cores, where the cores leave little
-  round trip to overlap; -7% on SQLite, whose claim runs on the worker's own connection
-  thread behind the acks, so only backends with ``claim_ahead`` (PostgreSQL) do it.
-  Slower jobs, an emptying queue and drains (``run_once``) never claim ahead.
+  -9% to -24% in six runs of seven for four processes on two cores, where the cores are
+  saturated and four claims in flight skip each other's rows; -7% on SQLite, whose
+  claim runs on the worker's own connection thread behind the acks, so only backends
+  with ``claim_ahead`` (PostgreSQL) do it. Slower jobs, an emptying queue and drains
+  (``run_once``) never claim ahead.
 
 Pure bookkeeping, no I/O: the worker asks ``plan`` what to do and reports back.
 """
