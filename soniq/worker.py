@@ -204,7 +204,7 @@ class Worker:
         try:
             while not self._stopping and not self._drained:
                 self._wake.clear()  # set by a finished job, a claim's answer, NOTIFY, stop()
-                free = concurrency - len(self._running) - len(self._ready)
+                free = self._free_slots()
                 if max_jobs is not None:
                     free = min(free, max_jobs - self._processed - len(self._running))
                     if free <= 0 and not self._running and not pacer.in_flight:
@@ -249,10 +249,13 @@ class Worker:
         """Send the next claim before this answer's jobs start (ClaimPacer.claims_ahead):
         it is then on its way while they run, instead of leaving only once they have
         taken the event loop. Any other claim waits for the loop, after the jobs start."""
-        free = self._concurrency - len(self._running) - len(self._ready) - arriving
-        n, _ = self._pacer.plan(free, time.monotonic(), self._ahead)
+        n, _ = self._pacer.plan(self._free_slots() - arriving, time.monotonic(), self._ahead)
         if n:
             self._claim_soon(queues, n, drain=False)
+
+    def _free_slots(self) -> int:
+        """Slots neither running a job nor promised to one claimed ahead."""
+        return self._concurrency - len(self._running) - len(self._ready)
 
     def _claim_soon(self, queues: Sequence[str] | None, n: int, drain: bool) -> None:
         self._claim_task = asyncio.create_task(self._claim_and_start(queues, n, drain))
