@@ -199,7 +199,7 @@ class Worker:
         claims_ahead = ahead_pays and not drain and max_jobs is None
         self._ahead = concurrency if claims_ahead else 0
         queues = list(queues) if queues else None
-        pacer = self._pacer = ClaimPacer()  # when to claim, and how many
+        pacer = self._pacer  # when to claim, and how many (fresh from _reset_state)
         side_loops = await self._start(concurrency, queues, listen=not drain)
         try:
             while not self._stopping and not self._drained:

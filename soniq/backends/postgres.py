@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -447,7 +448,7 @@ class PostgresBackend:
         Between batches the connection goes back to the pool and the task sleeps
         (PRUNE_PAUSE): no transaction spans batches, and claims and acks interleave.
         """
-        batch = self.prune_batch or PRUNE_BATCH
+        batch = self._prune_size
         since = datetime.min.replace(tzinfo=timezone.utc)
 
         async def expired() -> tuple[int, bool]:  # keyset: after the last batch's expiry
@@ -460,9 +461,13 @@ class PostgresBackend:
         await self._prune_batches(q.THROUGHPUT_PRUNE)
         return total
 
+    @property
+    def _prune_size(self) -> int:
+        return self.prune_batch or PRUNE_BATCH
+
     async def _prune_batches(self, sql: str) -> int:
         """Run a ``DELETE ... LIMIT $1`` until it deletes less than a batch; the total."""
-        batch = self.prune_batch or PRUNE_BATCH
+        batch = self._prune_size
 
         async def step() -> tuple[int, bool]:
             removed = int((await self.pool.execute(sql, batch)).split()[-1])
@@ -722,7 +727,7 @@ class PostgresBackend:
         return [_log_entry(r) for r in rows]
 
     async def observability_prune(self) -> int:
-        batch = self.prune_batch or PRUNE_BATCH
+        batch = self._prune_size
         after = 0
 
         async def window() -> tuple[int, bool]:  # orphaned logs: the table by id windows
@@ -876,6 +881,10 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [list(col) for col in zip(*(_row(j) for j in jobs), strict=True)]
 
 
+# The NewJob attribute behind each of q.JOB_COPY_COLUMNS, in the same order.
+_COPY_FIELDS = ("id", "job_name", "args_json", "queue", "priority", "max_attempts")
+
+
 def _copies(conn: Any, jobs: Sequence[NewJob]) -> bool:
     """COPY is asyncpg's (a psycopg executor takes the INSERT), and it needs every row's
     run time given or every row's left to the database: one COPY, one column list."""
@@ -893,14 +902,10 @@ async def _copy_jobs(conn: Any, jobs: Sequence[NewJob]) -> None:
     worker finds the jobs; inside one (``connection=``, flow control) both wait for it.
     """
     columns: tuple[str, ...] = q.JOB_COPY_COLUMNS
-    records: list[tuple[Any, ...]]
-    if jobs[0].scheduled_at is None:
-        records = [(j.id, j.job_name, j.args_json, j.queue, j.priority, j.max_attempts)
-                   for j in jobs]  # fmt: skip
-    else:
-        columns = (*columns, "scheduled_at")
-        records = [(j.id, j.job_name, j.args_json, j.queue, j.priority, j.max_attempts,
-                    j.scheduled_at) for j in jobs]  # fmt: skip
+    fields: tuple[str, ...] = _COPY_FIELDS
+    if jobs[0].scheduled_at is not None:
+        columns, fields = (*columns, "scheduled_at"), (*fields, "scheduled_at")
+    records = list(map(operator.attrgetter(*fields), jobs))
     await conn.copy_records_to_table(q.JOB_COPY_TABLE, records=records, columns=columns)
     await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(dict.fromkeys(j.queue for j in jobs)))
 

@@ -447,9 +447,13 @@ class SQLiteBackend:
         await self._prune_chunks(q.THROUGHPUT_PRUNE, {"now": now})
         return total
 
+    @property
+    def _prune_size(self) -> int:
+        return self.prune_batch or PRUNE_CHUNK
+
     async def _prune_chunks(self, sql: str, params: Params) -> int:
         """Run a ``DELETE ... LIMIT :limit`` until it deletes less than a chunk; the total."""
-        limit = self.prune_batch or PRUNE_CHUNK
+        limit = self._prune_size
 
         async def step() -> tuple[int, bool]:
             removed = await self._change(sql, {**params, "limit": limit})
@@ -744,7 +748,7 @@ class SQLiteBackend:
 
     async def observability_prune(self) -> int:
         cutoff = _us(utc_now() - timedelta(days=7))
-        window: Params = {"after": 0, "limit": self.prune_batch or PRUNE_CHUNK}
+        window: Params = {"after": 0, "limit": self._prune_size}
 
         async def orphans() -> tuple[int, bool]:  # orphaned logs: the table by id windows
             async with self._write() as conn:
