@@ -20,7 +20,7 @@ from soniq.core.registry import (
     tag_function,
 )
 from soniq.core.retry import RetryPolicy
-from soniq.enqueue import EnqueueOptions, build_job, build_jobs, dependency_ids
+from soniq.enqueue import EnqueueOptions, build_job, build_jobs, dependency_ids, job_chunks
 from soniq.errors import JobRegistrationError
 from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
 from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
     from soniq.webhooks import Webhooks
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# enqueue_many builds a batch longer than this in chunks of this many rows, so that
+# PostgreSQL inserts one chunk while the next is built (bench/RESULTS.md, "Streamed
+# bulk enqueue").
+STREAM_CHUNK = 100
 
 
 class Soniq:
@@ -354,13 +359,27 @@ class Soniq:
     ) -> list[str]:
         """Enqueue one job per argument dict in one round trip; same validation and dedup.
 
-        Returns the ids in input order. Every row is validated before anything is
-        written; a refused row raises with its ``index`` in ``err.context``.
+        Returns the ids in input order. A refused row raises with its ``index`` in
+        ``err.context`` and nothing of the batch is written: a long batch is checked as
+        it streams into one statement, which the refusal aborts.
         """
         options = EnqueueOptions(priority, queue, scheduled_at, unique, None)
         warned = self._warned_unknown
-        jobs = build_jobs(self._registry, self.settings, target, args_list, options, warned)
+        rows = args_list if isinstance(args_list, (list, tuple)) else list(args_list)
+        if connection is None and len(rows) > STREAM_CHUNK and await self._unobserved():
+            chunks = job_chunks(
+                self._registry, self.settings, target, rows, options, warned, STREAM_CHUNK
+            )
+            return await self.backend.enqueue_chunks(chunks)
+        jobs = build_jobs(self._registry, self.settings, target, rows, options, warned)
         return await self._insert(jobs, connection) if jobs else []
+
+    async def _unobserved(self) -> bool:
+        """No hook rewrites jobs before they are written and no record rides with them:
+        a batch may then be written while the rest of it is still being built."""
+        await self.ensure_initialized()
+        await self.events.refresh(self.backend)
+        return not self.events.prepare and not self.events.enqueued
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
         if connection is None:

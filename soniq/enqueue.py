@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -84,42 +84,36 @@ def build_jobs(
     and run time are worked out once; each row then costs its argument checks, its
     JSON and its id. Errors are those of ``build_job``, raised for the same row.
     """
-    resolved = _resolve(registry, settings, target, None, {}, warned)
     rows = items if isinstance(items, (list, tuple)) else list(items)
+    chunks = job_chunks(registry, settings, target, rows, options, warned, max(len(rows), 1))
+    return next(chunks, [])
+
+
+def job_chunks(
+    registry: JobRegistry,
+    settings: SoniqSettings,
+    target: Any,
+    rows: Sequence[Mapping[str, Any]],
+    options: EnqueueOptions,
+    warned: set[str] | None,
+    size: int,
+) -> Iterator[list[NewJob]]:
+    """``build_jobs``, ``size`` rows at a time, built only when asked for.
+
+    A backend that streams the chunks into one statement (PostgreSQL's COPY) inserts
+    one chunk while the next is built. The target and the shared options are worked
+    out before the first chunk, once; a refused row raises when its chunk is built,
+    with its index in the whole batch.
+    """
+    resolved = _resolve(registry, settings, target, None, {}, warned)
     try:
         shared = _Shared.of(resolved, settings, options)
     except Exception:  # noqa: BLE001 - re-raised row by row
         # A bad option: row by row, so the error names the row it always named.
-        return _build_rows(resolved, settings, rows, options)
-    ids = new_job_ids(len(rows))
-    jobs = []
-    if shared.plain:  # the common case, inline: a dict with the handler's parameters
-        name, required, allowed = shared.name, shared.required, shared.allowed
-        fields = (shared.queue, shared.priority, shared.max_attempts, shared.scheduled_at)
-        queue, priority, max_attempts, scheduled_at = fields
-        depends_on = shared.depends_on
-        for index, item in enumerate(rows):
-            if (
-                type(item) is dict
-                and required <= (keys := item.keys())
-                and (allowed is None or keys <= allowed)
-            ):
-                job_args = item.copy()
-                try:
-                    args_json = _dumps_args(name, job_args)
-                except EnqueueError as exc:
-                    _at_row(exc, index)
-                    raise
-                jobs.append(NewJob(
-                    ids[index], name, job_args, args_json, queue, priority, max_attempts,
-                    scheduled_at, None, None, depends_on,
-                ))  # fmt: skip
-                continue
-            jobs.append(shared.row(index, item, ids[index]))
-        return jobs
-    for index, item in enumerate(rows):
-        jobs.append(shared.row(index, item, ids[index]))
-    return jobs
+        yield _build_rows(resolved, settings, rows, options)
+        return
+    for start in range(0, len(rows), size):
+        yield shared.rows(rows, start, start + size)
 
 
 @dataclass(slots=True)
@@ -168,6 +162,37 @@ class _Shared:
             fixed_key=None if options.dedup_key is None else str(options.dedup_key),
             key_fn=key_fn, depends_on=options.depends_on, plain=plain,
         )  # fmt: skip
+
+    def rows(self, items: Sequence[Any], start: int, stop: int) -> list[NewJob]:
+        """Rows ``start:stop`` of the batch; a refused row's error gives its batch index."""
+        chunk = items[start:stop]
+        ids = new_job_ids(len(chunk))
+        if not self.plain:
+            return [self.row(start + k, item, ids[k]) for k, item in enumerate(chunk)]
+        # The common case, inline: a dict with the handler's parameters.
+        name, required, allowed = self.name, self.required, self.allowed
+        queue, priority, max_attempts = self.queue, self.priority, self.max_attempts
+        scheduled_at, depends_on = self.scheduled_at, self.depends_on
+        jobs = []
+        for k, item in enumerate(chunk):
+            if (
+                type(item) is dict
+                and required <= (keys := item.keys())
+                and (allowed is None or keys <= allowed)
+            ):
+                job_args = item.copy()
+                try:
+                    args_json = _dumps_args(name, job_args)
+                except EnqueueError as exc:
+                    _at_row(exc, start + k)
+                    raise
+                jobs.append(NewJob(
+                    ids[k], name, job_args, args_json, queue, priority, max_attempts,
+                    scheduled_at, None, None, depends_on,
+                ))  # fmt: skip
+                continue
+            jobs.append(self.row(start + k, item, ids[k]))
+        return jobs
 
     def row(self, index: int, item: Any, job_id: str) -> NewJob:
         """Row ``index`` of the batch, checked; a refused row's error says which it was."""

@@ -1,10 +1,12 @@
 """``enqueue_many`` at every batch size: the INSERT statement (small batches, dedup keys,
-psycopg) and binary COPY (big batches without dedup keys, asyncpg) write the same rows,
-return the same ids and notify the same way (soniq/backends/postgres.py, ``_enqueue_on``)."""
+psycopg), binary COPY (big batches without dedup keys, asyncpg) and the text COPY a long
+batch streams into while it is built write the same rows, return the same ids and notify
+the same way (soniq/backends/postgres.py, ``_enqueue_on`` and ``enqueue_chunks``)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -16,8 +18,11 @@ import asyncpg
 import pytest
 
 from soniq import Soniq
+from soniq.app import STREAM_CHUNK
 from soniq.backends import postgres as pg_backend
+from soniq.enqueue import EnqueueOptions, job_chunks
 from soniq.errors import EnqueueError, JobValidationError, SerializationError
+from soniq.events import Subscriber
 from soniq.job import NewJob
 from tests.helpers import wait_until
 
@@ -292,3 +297,97 @@ async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -
         "SELECT id, concurrency_key FROM soniq_jobs WHERE id = ANY($1::uuid[]) ORDER BY seq", ids
     )
     assert [r["concurrency_key"] for r in rows] == [str(i % 3) for i in range(COPY * 2)]
+
+
+# --- long batches: streamed into one COPY while they are built ----------------------
+
+
+async def test_which_long_batch_streams(
+    app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Longer than one chunk, on the app's own connection, with nothing to rewrite or
+    record the jobs: streamed. On a caller's connection, with dedup keys or with an
+    enqueue observer: built whole first, as before."""
+    streamed: list[int] = []
+    real = pg_backend._stream_jobs
+
+    async def spy(conn: Any, first: Any, rest: Any, ids: list[str]) -> None:
+        await real(conn, first, rest, ids)
+        streamed.append(len(ids))
+
+    monkeypatch.setattr(pg_backend, "_stream_jobs", spy)
+
+    @app.job(name="bulk.streamed")
+    async def job(n: int) -> None: ...
+
+    for size in (STREAM_CHUNK, STREAM_CHUNK + 1):
+        await app.enqueue_many(job, [{"n": i} for i in range(size)])
+        await app.enqueue_many(job, [{"n": i} for i in range(size)], unique=True)
+    async with app.backend.acquire() as conn:
+        await app.enqueue_many(job, [{"n": i} for i in range(500)], connection=conn)
+    assert streamed == [STREAM_CHUNK + 1]
+
+    class Stamp(Subscriber):
+        def prepare_enqueue(self, jobs: list[NewJob]) -> list[NewJob]:
+            return [dataclasses.replace(j, priority=9) for j in jobs]
+
+    app.events.subscribe(Stamp())
+    ids = await app.enqueue_many(job, [{"n": i} for i in range(500)])
+    assert streamed == [STREAM_CHUNK + 1]
+    priorities = await db.fetch("SELECT DISTINCT priority FROM soniq_jobs WHERE id = ANY($1)", ids)
+    assert [r["priority"] for r in priorities] == [9]
+
+
+def test_chunks_are_built_when_asked_for(app: Soniq) -> None:
+    """The rows of a later chunk are checked only when it is built: the first chunk
+    goes out while the rest of the batch is still unchecked."""
+
+    @app.job(name="bulk.lazy")
+    async def job(n: int) -> None: ...
+
+    rows: list[dict[str, Any]] = [{"n": i} for i in range(250)]
+    rows[180] = {"m": 1}
+    chunks = job_chunks(app.registry, app.settings, job, rows, EnqueueOptions(), None, 100)
+    first = next(chunks)
+    assert [j.args for j in first] == rows[:100]
+    with pytest.raises(JobValidationError) as info:
+        next(chunks)
+    assert info.value.context["index"] == 180
+
+
+async def test_a_refused_row_aborts_the_stream_and_the_connection_lives_on(
+    pg_url: str, db: asyncpg.Connection
+) -> None:
+    """On a pool of one connection: the COPY the refusal aborted leaves that connection
+    usable (asyncpg sends CopyFail, then waits for the cancel it requests)."""
+    app = Soniq(database_url=pg_url, pool_min_size=1, pool_max_size=1)
+
+    @app.job(name="bulk.aborted")
+    async def job(n: int) -> None: ...
+
+    try:
+        good = [{"n": i} for i in range(STREAM_CHUNK * 5)]
+        for _ in range(3):
+            with pytest.raises(SerializationError) as info:
+                await app.enqueue_many(job, [*good, {"n": object()}, *good])
+            assert info.value.context["index"] == len(good)
+            assert await app.enqueue_many(job, good[:3]) != []
+        assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 9
+    finally:
+        await app.close()
+
+
+async def test_parts_of_one_stream_share_their_options(app: Soniq, db: asyncpg.Connection) -> None:
+    """A later part the COPY cannot take (the protocol's misuse) aborts it: nothing is
+    written, and the error says how to enqueue such jobs."""
+
+    @app.job(name="bulk.parts")
+    async def job(n: int) -> None: ...
+
+    await app.ensure_initialized()
+    plain = [app.build_job(job, kwargs={"n": i}) for i in range(60)]
+    keyed = [app.build_job(job, kwargs={"n": i}, dedup_key=f"k{i}") for i in range(60)]
+    with pytest.raises(ValueError, match="in a batch of their own"):
+        await app.backend.enqueue_chunks(iter([plain[:30], keyed, plain[30:]]))
+    assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0
+    assert await app.backend.enqueue_chunks(iter([plain[:30], plain[30:]])) == [j.id for j in plain]

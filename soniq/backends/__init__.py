@@ -9,7 +9,7 @@ notifications) instead of callers testing for a class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +108,16 @@ class StorageBackend(Protocol):
         Returns one id per input job, in order: the new id, or for a duplicate
         (same ``dedup_key`` while a job with it is queued or processing) the id
         of the existing job.
+        """
+
+    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+        """``enqueue`` of one batch that is built while it is written (``enqueue_many``).
+
+        ``chunks`` builds the next part of the batch when asked; the parts share their
+        task, queue and options. If building a part raises, nothing of the batch is
+        written and the error propagates. PostgreSQL streams the parts into one COPY,
+        so the server inserts one part while the next is built; the embedded backends
+        build them all, then enqueue.
         """
 
     # --- working -----------------------------------------------------------

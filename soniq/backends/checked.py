@@ -15,7 +15,7 @@ Verbs with nothing to check are not repeated here: ``__getattr__`` hands them
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +137,11 @@ def _utc_schedule(s: Schedule) -> Schedule:
     )
 
 
+def _checked(jobs: Sequence[NewJob]) -> list[NewJob]:
+    check_new_jobs(jobs)
+    return [_utc_job(j) for j in jobs]
+
+
 class CheckedBackend:
     """A ``StorageBackend`` that enforces the protocol's input rules, then delegates."""
 
@@ -153,6 +158,10 @@ class CheckedBackend:
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         return await self._write_jobs(jobs, None, connection)
 
+    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+        """Same rules as ``enqueue``, checked part by part as the parts are built."""
+        return await self.inner.enqueue_chunks(map(_checked, chunks))
+
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None
     ) -> list[str]:
@@ -165,8 +174,7 @@ class CheckedBackend:
         self._check_connection(connection)
         if not jobs:
             return []
-        check_new_jobs(jobs)
-        ready = [_utc_job(j) for j in jobs]
+        ready = _checked(jobs)
         if connection is None:
             return await self._insert(ready, records, None)
         # The caller's transaction, whatever holds it: asyncpg, psycopg, SQLAlchemy, Tortoise...

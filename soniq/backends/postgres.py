@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import operator
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -254,6 +256,22 @@ class PostgresBackend:
                 if attempt == DEADLOCK_RETRIES:
                     raise
         raise AssertionError("unreachable")
+
+    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+        """One COPY that the parts stream into as they are built (``_stream_jobs``).
+
+        A batch with dedup keys or flow control needs what the INSERT path does for
+        it, so it is built whole and enqueued as usual.
+        """
+        first = next(chunks, None)
+        if not first:
+            return []
+        if not _streamable(first, first[0].scheduled_at is not None):
+            return await self.enqueue([*first, *itertools.chain.from_iterable(chunks)])
+        ids: list[str] = []
+        async with self._producing() as conn:
+            await _stream_jobs(conn, first, chunks, ids)
+        return ids
 
     @asynccontextmanager
     async def _producing(self, *, transaction: bool = False) -> AsyncIterator[Any]:
@@ -908,6 +926,74 @@ async def _copy_jobs(conn: Any, jobs: Sequence[NewJob]) -> None:
     records = list(map(operator.attrgetter(*fields), jobs))
     await conn.copy_records_to_table(q.JOB_COPY_TABLE, records=records, columns=columns)
     await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(dict.fromkeys(j.queue for j in jobs)))
+
+
+def _streamable(jobs: Sequence[NewJob], scheduled: bool) -> bool:
+    """Rows the COPY can take as they come: no dedup key, no flow control, and every
+    row's run time given (``scheduled``) or every row's left to the database."""
+    return all(
+        j.dedup_key is None
+        and not j.depends_on
+        and j.concurrency_key is None
+        and (j.scheduled_at is not None) is scheduled
+        for j in jobs
+    )
+
+
+async def _stream_jobs(
+    conn: Any, first: Sequence[NewJob], rest: Iterator[Sequence[NewJob]], ids: list[str]
+) -> None:
+    """COPY the parts in text format as each is built, then notify the queues once.
+
+    asyncpg sends each part as soon as it is yielded, and the next one is built while
+    PostgreSQL inserts it (binary ``copy_records_to_table`` sends only at 512 KiB).
+    A part that fails to build aborts the COPY (asyncpg sends CopyFail), so nothing of
+    the batch is written, as when every row was checked before the first was sent.
+    """
+    scheduled = first[0].scheduled_at is not None
+    columns = (*q.JOB_COPY_COLUMNS, "scheduled_at") if scheduled else q.JOB_COPY_COLUMNS
+    queues: dict[str, None] = {}
+
+    async def parts() -> AsyncIterator[bytes]:
+        part: Sequence[NewJob] | None = first
+        while part:
+            if not _streamable(part, scheduled):
+                raise ValueError(
+                    "enqueue_chunks() takes the parts of one batch, which share their "
+                    "options; enqueue jobs with other options in a batch of their own"
+                )
+            ids.extend(j.id for j in part)
+            queues.update(dict.fromkeys(j.queue for j in part))
+            yield _copy_text(part, scheduled)
+            part = next(rest, None)
+
+    await conn.copy_to_table(q.JOB_COPY_TABLE, source=parts(), columns=columns)
+    await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(queues))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_needs_escape = re.compile(r"[\\\t\n\r]").search
+
+
+def _copy_field(value: str) -> str:
+    """A text value in COPY's text format, where backslash, tab and newline are syntax."""
+    return value.translate(_COPY_ESCAPES) if _needs_escape(value) else value
+
+
+def _copy_text(jobs: Sequence[NewJob], scheduled: bool) -> bytes:
+    """Rows of ``JOB_COPY_COLUMNS`` (+ ``scheduled_at``) as COPY text lines."""
+    field = _copy_field
+    if scheduled:
+        return "".join([
+            f"{j.id}\t{field(j.job_name)}\t{field(j.args_json)}\t{field(j.queue)}\t"
+            f"{j.priority}\t{j.max_attempts}\t{cast(datetime, j.scheduled_at).isoformat()}\n"
+            for j in jobs
+        ]).encode()  # fmt: skip
+    return "".join([
+        f"{j.id}\t{field(j.job_name)}\t{field(j.args_json)}\t{field(j.queue)}\t"
+        f"{j.priority}\t{j.max_attempts}\n"
+        for j in jobs
+    ]).encode()  # fmt: skip
 
 
 def _uuid(value: str) -> uuid.UUID | None:

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from soniq import JobContext, JobStatus, Soniq, task_ref
+from soniq.app import STREAM_CHUNK
 from soniq.backends import StorageBackend
-from soniq.errors import JobNotFoundError
+from soniq.errors import JobNotFoundError, JobValidationError
 from soniq.job import Ack, ClaimedJob, Done, Fail, NewJob, Requeue, Retry, Schedule, WorkerInfo
 from tests.backend_apps import AppFactory
 from tests.helpers import wait_until
@@ -171,6 +172,37 @@ async def test_enqueue_many(soniq_app: Soniq) -> None:
     assert await app.enqueue_many("conf.noop", [{"n": 9}]) != []
     assert await app.enqueue_many(noop, []) == []
     assert len(await app.list_jobs(limit=100)) == 5 + 2 + 1
+
+
+async def test_enqueue_many_long_batch(soniq_app: Soniq) -> None:
+    """A batch longer than one chunk (PostgreSQL streams it into one COPY as it is
+    built): rows, ids and order as for a short one, text that COPY's format treats as
+    syntax kept as given, and a row refused in a late chunk leaves nothing written."""
+    app = soniq_app
+
+    @app.job(name="conf.texty")
+    async def noop(n: int, text: str = "") -> None: ...
+
+    size = STREAM_CHUNK * 3 + 7
+    odd = 'tab\there\nnew\rline back\\slash \\N quote" é ☃'
+    items = [{"n": i, "text": odd} if i % 50 == 0 else {"n": i} for i in range(size)]
+    when = datetime.now(timezone.utc) + timedelta(hours=1)
+    ids = await app.enqueue_many(noop, items, queue="bulk\\q", scheduled_at=when)
+    assert len(set(ids)) == size
+    rows = [await job(app, job_id) for job_id in ids[:: STREAM_CHUNK - 1]]
+    assert [r["args"] for r in rows] == items[:: STREAM_CHUNK - 1]
+    assert {(r["queue"], r["scheduled_at"]) for r in rows} == {("bulk\\q", when)}
+    listed = await app.list_jobs(limit=size + 1)
+    assert sorted(j["id"] for j in listed) == sorted(ids)
+
+    bad = [{"n": i} for i in range(size)]
+    bad[STREAM_CHUNK * 2 + 3] = {"n": 1, "unknown": 2}
+    with pytest.raises(JobValidationError) as info:
+        await app.enqueue_many(noop, bad)
+    assert info.value.context["index"] == STREAM_CHUNK * 2 + 3
+    assert len(await app.list_jobs(limit=size + 1)) == size  # only the first batch
+    again = await app.enqueue_many(noop, [{"n": i % 7} for i in range(size)], unique=True)
+    assert len(set(again)) == 7
 
 
 # --- dedup --------------------------------------------------------------------------
