@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +21,7 @@ from soniq.core.registry import (
     tag_function,
 )
 from soniq.core.retry import RetryPolicy
-from soniq.enqueue import EnqueueOptions, build_job, build_jobs, dependency_ids, job_chunks
+from soniq.enqueue import EnqueueOptions, build_job, dependency_ids, job_chunks
 from soniq.errors import JobRegistrationError
 from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
 from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
@@ -366,13 +367,14 @@ class Soniq:
         options = EnqueueOptions(priority, queue, scheduled_at, unique, None)
         warned = self._warned_unknown
         rows = args_list if isinstance(args_list, (list, tuple)) else list(args_list)
-        if connection is None and len(rows) > STREAM_CHUNK and await self._unobserved():
-            chunks = job_chunks(
-                self._registry, self.settings, target, rows, options, warned, STREAM_CHUNK
-            )
-            return await self.backend.enqueue_chunks(chunks)
-        jobs = build_jobs(self._registry, self.settings, target, rows, options, warned)
-        return await self._insert(jobs, connection) if jobs else []
+        size = STREAM_CHUNK if connection is None else max(len(rows), 1)
+        chunks = job_chunks(self._registry, self.settings, target, rows, options, warned, size)
+        first = next(chunks, [])  # the target, the options and the first rows, checked
+        if len(first) == len(rows):
+            return await self._insert(first, connection) if first else []
+        if await self._unobserved():
+            return await self.backend.enqueue_chunks(itertools.chain([first], chunks))
+        return await self._insert([*first, *itertools.chain.from_iterable(chunks)], None)
 
     async def _unobserved(self) -> bool:
         """No hook rewrites jobs before they are written and no record rides with them:

@@ -391,3 +391,23 @@ async def test_parts_of_one_stream_share_their_options(app: Soniq, db: asyncpg.C
         await app.backend.enqueue_chunks(iter([plain[:30], keyed, plain[30:]]))
     assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0
     assert await app.backend.enqueue_chunks(iter([plain[:30], plain[30:]])) == [j.id for j in plain]
+
+
+async def test_a_long_batch_checks_its_first_chunk_before_connecting() -> None:
+    """The target, the options and the first chunk's rows are checked before the batch
+    needs the database, as for a short batch: with no server, the error is the row's."""
+    app = Soniq(database_url="postgresql://postgres@127.0.0.1:9/nowhere")
+
+    @app.job(name="bulk.offline")
+    async def job(n: int) -> None: ...
+
+    rows: list[dict[str, Any]] = [{"n": i} for i in range(STREAM_CHUNK * 3)]
+    rows[5] = {"m": 1}
+    try:
+        with pytest.raises(JobValidationError) as info:
+            await app.enqueue_many(job, rows)
+        assert info.value.context["index"] == 5
+        with pytest.raises(JobValidationError, match="priority 0 is out of range"):
+            await app.enqueue_many(job, rows[6:], priority=0)
+    finally:
+        await app.close()
