@@ -158,14 +158,17 @@ class JobLogCapture(Subscriber):
         import asyncio
         import uuid
 
+        from soniq.leases import leading
+
         owner, interval = str(uuid.uuid4()), settings.cleanup_interval
         self.install()
         try:
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    if await backend.try_lead(LOG_PRUNE_ROLE, owner, interval * 3):
-                        await backend.observability_prune()
+                    async with leading(backend, LOG_PRUNE_ROLE, owner, interval * 3) as leader:
+                        if leader:
+                            await backend.observability_prune()
                 except Exception as exc:  # noqa: BLE001 - next sweep retries
                     logging.getLogger("soniq.logs").debug("Pruning job logs failed: %r", exc)
         finally:

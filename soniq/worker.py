@@ -67,6 +67,7 @@ from soniq.job import (
     Snoozed,
     WorkerInfo,
 )
+from soniq.leases import leading
 from soniq.retry import retry_delay_seconds
 from soniq.serialization import dumps_strict
 from soniq.settings import SoniqSettings
@@ -747,15 +748,20 @@ class Worker:
             await self._warn_if_no_scheduler()
         while True:
             try:
-                if await self.backend.try_lead("maintenance", self.worker_id, interval * 3):
-                    recovered = await self.backend.recover_stale(self.settings.heartbeat_timeout)
-                    pruned = await self.backend.prune()
-                    if recovered:
-                        log.warning("Recovered %d jobs from lost workers", recovered)
-                    log.debug("Pruned %d expired jobs", pruned)
+                lease = leading(self.backend, "maintenance", self.worker_id, interval * 3)
+                async with lease as leader:
+                    if leader:
+                        await self._sweep()
             except Exception as exc:  # noqa: BLE001
                 log.warning("Maintenance sweep failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def _sweep(self) -> None:
+        recovered = await self.backend.recover_stale(self.settings.heartbeat_timeout)
+        pruned = await self.backend.prune()
+        if recovered:
+            log.warning("Recovered %d jobs from lost workers", recovered)
+        log.debug("Pruned %d expired jobs", pruned)
 
     async def _warn_if_no_scheduler(self) -> None:
         """Periodic jobs fire only while a `soniq scheduler` leads: say so once if none does."""

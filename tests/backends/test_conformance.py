@@ -29,6 +29,7 @@ from soniq.app import STREAM_CHUNK
 from soniq.backends import StorageBackend
 from soniq.errors import JobNotFoundError, JobValidationError
 from soniq.job import Ack, ClaimedJob, Done, Fail, NewJob, Requeue, Retry, Schedule, WorkerInfo
+from soniq.leases import leading
 from tests.backend_apps import AppFactory
 from tests.helpers import wait_until
 
@@ -762,6 +763,25 @@ async def test_try_lead_and_release_lead(soniq_app: Soniq) -> None:
 
     await wait_until(a_takes_over, timeout=5, message="expired lease taken over")
     assert await backend.try_lead("maintenance", "b", 60) is False
+
+
+async def test_a_lease_is_kept_for_a_sweep_longer_than_its_ttl(soniq_app: Soniq) -> None:
+    """``leading`` renews the lease while its body runs (a prune of a big backlog
+    outlives the TTL): nobody else takes it meanwhile; afterwards it expires as usual."""
+    backend, ttl = soniq_app.backend, 0.5
+    async with leading(backend, "maintenance", "a", ttl) as leader:
+        assert leader is True
+        async with leading(backend, "maintenance", "b", ttl) as other:
+            assert other is False
+        held_until = time.monotonic() + ttl * 4  # four TTLs of a sweep
+        while time.monotonic() < held_until:
+            assert await backend.try_lead("maintenance", "b", ttl) is False
+            await asyncio.sleep(ttl / 10)
+
+    async def b_takes_over() -> bool:
+        return await backend.try_lead("maintenance", "b", ttl)
+
+    await wait_until(b_takes_over, timeout=5, message="the lease expired after the sweep")
 
 
 # --- schedules ------------------------------------------------------------------------------
