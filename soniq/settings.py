@@ -110,6 +110,11 @@ class SoniqSettings(BaseSettings):
     # (`pip install 'soniq[speed]'`); false keeps asyncio's own loop. A worker started
     # with `await app.run_worker()` runs on its caller's loop, which Soniq cannot choose.
     use_uvloop: bool = True
+    # Speed: on PostgreSQL a worker whose jobs run quicker than a claim sends its next
+    # claim while the last one's jobs run (soniq/claiming.py). False: a claim waits for
+    # free slots, for when more worker processes than cores share one queue, where the
+    # claims in flight fight over rows and CPU (bench/RESULTS.md, "Claiming ahead").
+    claim_ahead: bool = True
 
     _pool_max_size_explicit: bool = PrivateAttr(default=False)
     _split_queues = field_validator("queues", "jobs_modules", "plugins", mode="before")(split_csv)
@@ -142,7 +147,7 @@ class SoniqSettings(BaseSettings):
         # error that would stop every command.
         return False if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("use_uvloop", mode="before")
+    @field_validator("use_uvloop", "claim_ahead", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         # `SONIQ_USE_UVLOOP=` (set but empty) keeps the default rather than failing.

@@ -195,8 +195,9 @@ class Worker:
         self._reset_state()
         self._concurrency = concurrency
         # A long-running worker may claim ahead; a drain takes only what it can run. A
-        # backend written before the attribute existed does not.
-        ahead_pays = getattr(self.backend, "claim_ahead", False)
+        # backend written before the attribute existed does not; SONIQ_CLAIM_AHEAD=false
+        # turns it off.
+        ahead_pays = getattr(self.backend, "claim_ahead", False) and self.settings.claim_ahead
         claims_ahead = ahead_pays and not drain and max_jobs is None
         self._ahead = concurrency if claims_ahead else 0
         queues = list(queues) if queues else None

@@ -736,3 +736,26 @@ async def test_cancelling_a_job_claimed_ahead_ends_it_without_running(
     assert await status_of(app, after) == "cancelled"
     assert heard.about(after) == ["job.cancelled"]  # as for a queued job: no attempt
     assert "before it started" in (await job_row(pg_url, after))["last_error"]
+
+
+async def test_claim_ahead_off_claims_only_for_free_slots(pg_url: str) -> None:
+    """SONIQ_CLAIM_AHEAD=false: the same jobs, but while the blocker holds the only slot
+    the worker sends no claim, and the last job stays queued until the slot frees."""
+    app = Soniq(database_url=pg_url, claim_ahead=False, **FAST_SETTINGS)
+    try:
+        ran, release, after = await _held_ahead(app)
+        worker, _ = _observed_worker(app)
+        async with running(worker, concurrency=1):
+            await wait_until(lambda: len(ran) == 30, timeout=10, message="quick jobs ran")
+
+            def blocked_and_idle() -> bool:  # the blocker runs; no claim is out
+                return bool(worker._running) and not worker._pacer.in_flight
+
+            await wait_until(blocked_and_idle, timeout=10, message="blocker running")
+            assert await status_of(app, after) == "queued"
+            assert not worker._ready
+            release.set()
+            await wait_until(lambda: 99 in ran, timeout=10, message="the last job ran")
+    finally:
+        await app.close()
+
