@@ -42,9 +42,11 @@ from soniq.core.middleware import Middleware, run_chain
 from soniq.core.registry import JobDefinition, JobRegistry
 from soniq.core.retry import ExponentialBackoff, RetryPolicy
 from soniq.errors import (
+    ConfigurationError,
     JobCancelledError,
     JobTimeoutError,
     JobValidationError,
+    SchemaMissingError,
     SnoozeLimitError,
     WorkerError,
     describe_error,
@@ -75,6 +77,8 @@ from soniq.settings import SoniqSettings
 log = logging.getLogger("soniq.worker")
 # Shutdown waits this long for claims in flight to answer before cancelling them.
 CLAIM_SETTLE_TIMEOUT = 10.0
+# Tries at registering before a worker gives up (``_register``), error_retry_delay apart.
+REGISTER_ATTEMPTS = 5
 
 
 class _Deadline:
@@ -639,13 +643,33 @@ class Worker:
             )
         self.backend.reserve_capacity(concurrency)
 
+    async def _register(self, info: WorkerInfo) -> None:
+        """Register; a failure the database may recover from (a connection it dropped, as
+        a failover or ``pg_terminate_backend`` does) is retried, like a failed claim,
+        before it ends the worker. A missing schema or bad settings end it at once."""
+        delay = self.settings.error_retry_delay
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            try:
+                await self.backend.register_worker(info)
+                return
+            except (SchemaMissingError, ConfigurationError):
+                raise
+            except Exception as exc:
+                if attempt == REGISTER_ATTEMPTS:
+                    raise
+                log.warning(
+                    "Registering worker %s failed (%s: %s); retrying in %.1fs",
+                    self.worker_id, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
     async def _start(
         self, concurrency: int, queues: list[str] | None, *, listen: bool
     ) -> list[asyncio.Task[None]]:
         """Register, subscribe, and start the side loops; returns them for ``_shutdown``."""
         await self.backend.open()
         info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), queues, concurrency)
-        await self.backend.register_worker(info)
+        await self._register(info)
         self._info = info
         listener = await self.backend.listen(self._on_notify(queues)) if listen else None
         self._listener = listener

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from soniq import JobContext, Soniq
-from soniq.errors import JobTimeoutError, WorkerError
+from soniq.errors import JobTimeoutError, SchemaMissingError, WorkerError
 from soniq.events import Subscriber
 from soniq.job import ClaimedJob, Outcome
 from soniq.worker import Worker
@@ -759,3 +759,36 @@ async def test_claim_ahead_off_claims_only_for_free_slots(pg_url: str) -> None:
     finally:
         await app.close()
 
+
+async def test_a_registration_the_database_dropped_is_retried(
+    app: Soniq, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a pooled connection the server terminated raises (asyncpg's
+    InternalClientError, seen under pg_terminate_backend; a reset) is retried at start
+    rather than ending the worker; a missing schema is not."""
+    import asyncpg
+
+    real = app.backend.register_worker
+    failures: list[Exception] = [
+        asyncpg.exceptions.InternalClientError("cannot switch to state 11"),
+        ConnectionResetError("reset by peer"),
+    ]
+
+    async def flaky(info: Any) -> None:
+        if failures:
+            raise failures.pop(0)
+        await real(info)
+
+    monkeypatch.setattr(app.backend, "register_worker", flaky)
+    worker = Worker(app.backend, app.registry, app.settings, app.hooks, events=app.events)
+    async with running(worker, concurrency=1):
+        assert await registered(worker)
+    assert caplog.text.count("Registering worker") == 2
+
+    async def no_schema(info: Any) -> None:
+        raise SchemaMissingError("no schema; run `soniq setup`")
+
+    monkeypatch.setattr(app.backend, "register_worker", no_schema)
+    with pytest.raises(SchemaMissingError):
+        await Worker(app.backend, app.registry, app.settings, app.hooks).run(concurrency=1)
+    assert caplog.text.count("Registering worker") == 2
