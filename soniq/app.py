@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +23,7 @@ from soniq.core.registry import (
 from soniq.core.retry import RetryPolicy
 from soniq.enqueue import EnqueueOptions, build_job, dependency_ids, job_chunks
 from soniq.errors import JobRegistrationError
-from soniq.events import EventBus, emit_changes, feature, install_default_subscribers
+from soniq.events import EventBus, Record, emit_changes, feature, install_default_subscribers
 from soniq.flow import DEFAULT_MAX_SNOOZES, QueueLimit, job_flow_options, parse_rate
 from soniq.hooks import HOOK_EVENTS, adapt_hook
 from soniq.job import JobStatus, NewJob
@@ -372,16 +372,18 @@ class Soniq:
         first = next(chunks, [])  # the target, the options and the first rows, checked
         if len(first) == len(rows):
             return await self._insert(first, connection) if first else []
-        if await self._unobserved():
-            return await self.backend.enqueue_chunks(itertools.chain([first], chunks))
-        return await self._insert([*first, *itertools.chain.from_iterable(chunks)], None)
-
-    async def _unobserved(self) -> bool:
-        """No hook rewrites jobs before they are written and no record rides with them:
-        a batch may then be written while the rest of it is still being built."""
         await self.ensure_initialized()
-        await self.events.refresh(self.backend)
-        return not self.events.prepare and not self.events.enqueued
+        events = self.events
+        await events.refresh(self.backend)
+        if events.prepare:  # a hook rewrites the batch (signing, tracing): whole, first
+            return await self._insert([*first, *itertools.chain.from_iterable(chunks)], None)
+        # Written while the rest is built; what observers of job.enqueued record (metrics
+        # count, webhooks queue deliveries) is gathered part by part and rides along.
+        parts: Iterator[list[NewJob]] = itertools.chain([first], chunks)
+        if not events.enqueued:
+            return await self.backend.enqueue_chunks(parts)
+        records: list[Record] = []
+        return await self.backend.enqueue_chunks(_observed(parts, events, records), records)
 
     async def _insert(self, jobs: list[NewJob], connection: Any) -> list[str]:
         if connection is None:
@@ -710,3 +712,13 @@ def _one_of(a_name: str, a: Any, b_name: str, b: Any) -> Any:
     if a is not None and b is not None and a != b:
         raise JobRegistrationError(f"{a_name}= and {b_name}= are aliases; pass only one")
     return a if a is not None else b
+
+
+def _observed(
+    parts: Iterator[list[NewJob]], events: EventBus, records: list[Record]
+) -> Iterator[list[NewJob]]:
+    """The parts of a streamed batch, each shown to the observers of job.enqueued as it
+    is built; what they record joins ``records``, which the backend writes with it."""
+    for part in parts:
+        records.extend(events.emit_enqueued(part))
+        yield part

@@ -305,9 +305,9 @@ async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -
 async def test_which_long_batch_streams(
     app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Longer than one chunk, on the app's own connection, with nothing to rewrite or
-    record the jobs: streamed. On a caller's connection, with dedup keys or with an
-    enqueue observer: built whole first, as before."""
+    """Longer than one chunk, on the app's own connection, with no hook that rewrites
+    the jobs: streamed. On a caller's connection, with dedup keys or with such a hook
+    (signing, tracing): built whole first, as before."""
     streamed: list[int] = []
     real = pg_backend._stream_jobs
 
@@ -411,3 +411,39 @@ async def test_a_long_batch_checks_its_first_chunk_before_connecting() -> None:
             await app.enqueue_many(job, rows[6:], priority=0)
     finally:
         await app.close()
+
+
+async def test_a_streamed_batch_carries_what_observers_record(
+    app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook on job.enqueued records a delivery per job: the batch still streams, and
+    the deliveries are written with the jobs, in their transaction; a refused row in a
+    late part leaves neither jobs nor deliveries."""
+    streamed: list[int] = []
+    real = pg_backend._stream_jobs
+
+    async def spy(conn: Any, first: Any, rest: Any, ids: list[str]) -> None:
+        await real(conn, first, rest, ids)
+        streamed.append(len(ids))
+
+    monkeypatch.setattr(pg_backend, "_stream_jobs", spy)
+
+    @app.job(name="bulk.hooked")
+    async def job(n: int) -> None: ...
+
+    await app.webhooks.register(
+        "http://127.0.0.1:9/hook", events=["job.enqueued"], allow_private=True
+    )
+    size = STREAM_CHUNK * 2 + 5
+    ids = await app.enqueue_many(job, [{"n": i} for i in range(size)])
+    assert streamed == [size]
+    deliveries = await db.fetch("SELECT job_id, event FROM soniq_webhook_deliveries")
+    assert sorted(str(r["job_id"]) for r in deliveries) == sorted(ids)
+    assert {r["event"] for r in deliveries} == {"job.queued"}
+
+    bad: list[dict[str, Any]] = [{"n": i} for i in range(size)]
+    bad[size - 1] = {"m": 1}
+    with pytest.raises(JobValidationError):
+        await app.enqueue_many(job, bad)
+    assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == size
+    assert await db.fetchval("SELECT count(*) FROM soniq_webhook_deliveries") == size

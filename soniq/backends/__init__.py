@@ -110,14 +110,18 @@ class StorageBackend(Protocol):
         of the existing job.
         """
 
-    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+    async def enqueue_chunks(
+        self, chunks: Iterator[Sequence[NewJob]], records: Sequence[Record] | None = None
+    ) -> list[str]:
         """``enqueue`` of one batch that is built while it is written (``enqueue_many``).
 
         ``chunks`` builds the next part of the batch when asked; the parts share their
         task, queue and options. If building a part raises, nothing of the batch is
-        written and the error propagates. PostgreSQL streams the parts into one COPY,
-        so the server inserts one part while the next is built; the embedded backends
-        build them all, then enqueue.
+        written and the error propagates. ``records``, when given, fills as the parts
+        are built (observers of ``job.enqueued``) and is written with the jobs, in their
+        transaction, as ``enqueue_observed`` does. PostgreSQL streams the parts into
+        one COPY, so the server inserts one part while the next is built; the embedded
+        backends build them all, then enqueue.
         """
 
     # --- working -----------------------------------------------------------

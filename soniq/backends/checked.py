@@ -158,9 +158,11 @@ class CheckedBackend:
     async def enqueue(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         return await self._write_jobs(jobs, None, connection)
 
-    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+    async def enqueue_chunks(
+        self, chunks: Iterator[Sequence[NewJob]], records: Sequence[Record] | None = None
+    ) -> list[str]:
         """Same rules as ``enqueue``, checked part by part as the parts are built."""
-        return await self.inner.enqueue_chunks(map(_checked, chunks))
+        return await self.inner.enqueue_chunks(map(_checked, chunks), records)
 
     async def enqueue_observed(
         self, jobs: Sequence[NewJob], records: Sequence[Record], *, connection: Any = None

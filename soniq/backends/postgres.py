@@ -257,8 +257,11 @@ class PostgresBackend:
                     raise
         raise AssertionError("unreachable")
 
-    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
-        """One COPY that the parts stream into as they are built (``_stream_jobs``).
+    async def enqueue_chunks(
+        self, chunks: Iterator[Sequence[NewJob]], records: Sequence[Record] | None = None
+    ) -> list[str]:
+        """One COPY that the parts stream into as they are built (``_stream_jobs``); with
+        ``records``, the COPY and the records in one transaction.
 
         A batch with dedup keys or flow control needs what the INSERT path does for
         it, so it is built whole and enqueued as usual.
@@ -267,10 +270,15 @@ class PostgresBackend:
         if not first:
             return []
         if not _streamable(first, first[0].scheduled_at is not None):
-            return await self.enqueue([*first, *itertools.chain.from_iterable(chunks)])
+            jobs = [*first, *itertools.chain.from_iterable(chunks)]
+            if records:
+                return await self.enqueue_observed(jobs, records)
+            return await self.enqueue(jobs)
         ids: list[str] = []
-        async with self._producing() as conn:
+        async with self._producing(transaction=records is not None) as conn:
             await _stream_jobs(conn, first, chunks, ids)
+            if records:  # every row was inserted: a COPY has no conflicts to skip
+                await _write_records(conn, *split_records(records, inserted=set(ids)))
         return ids
 
     @asynccontextmanager

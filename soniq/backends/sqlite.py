@@ -391,11 +391,15 @@ class SQLiteBackend:
         self._listeners.notify(j.queue for j, i in zip(jobs, ids, strict=True) if i == j.id)
         return ids
 
-    async def enqueue_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[str]:
+    async def enqueue_chunks(
+        self, chunks: Iterator[Sequence[NewJob]], records: Sequence[Record] | None = None
+    ) -> list[str]:
         """All the parts, then one ``enqueue``: one transaction on one thread gains
         nothing from building while writing."""
         jobs = [job for part in chunks for job in part]
-        return await self.enqueue(jobs) if jobs else []
+        if not jobs:
+            return []
+        return await (self.enqueue_observed(jobs, records) if records else self.enqueue(jobs))
 
     # --- working -----------------------------------------------------------
     async def claim(
