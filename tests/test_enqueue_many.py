@@ -302,20 +302,26 @@ async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -
 # --- long batches: streamed into one COPY while they are built ----------------------
 
 
-async def test_which_long_batch_streams(
-    app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Longer than one chunk, on the app's own connection, with no hook that rewrites
-    the jobs: streamed. On a caller's connection, with dedup keys or with such a hook
-    (signing, tracing): built whole first, as before."""
-    streamed: list[int] = []
+@pytest.fixture
+def streamed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each batch that streamed into a COPY (``_stream_jobs``), in order."""
+    sizes: list[int] = []
     real = pg_backend._stream_jobs
 
     async def spy(conn: Any, first: Any, rest: Any, ids: list[str]) -> None:
         await real(conn, first, rest, ids)
-        streamed.append(len(ids))
+        sizes.append(len(ids))
 
     monkeypatch.setattr(pg_backend, "_stream_jobs", spy)
+    return sizes
+
+
+async def test_which_long_batch_streams(
+    app: Soniq, db: asyncpg.Connection, streamed: list[int]
+) -> None:
+    """Longer than one chunk, on the app's own connection, with no hook that rewrites
+    the jobs: streamed. On a caller's connection, with dedup keys or with such a hook
+    (signing, tracing): built whole first, as before."""
 
     @app.job(name="bulk.streamed")
     async def job(n: int) -> None: ...
@@ -414,19 +420,11 @@ async def test_a_long_batch_checks_its_first_chunk_before_connecting() -> None:
 
 
 async def test_a_streamed_batch_carries_what_observers_record(
-    app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    app: Soniq, db: asyncpg.Connection, streamed: list[int]
 ) -> None:
     """A webhook on job.enqueued records a delivery per job: the batch still streams, and
     the deliveries are written with the jobs, in their transaction; a refused row in a
     late part leaves neither jobs nor deliveries."""
-    streamed: list[int] = []
-    real = pg_backend._stream_jobs
-
-    async def spy(conn: Any, first: Any, rest: Any, ids: list[str]) -> None:
-        await real(conn, first, rest, ids)
-        streamed.append(len(ids))
-
-    monkeypatch.setattr(pg_backend, "_stream_jobs", spy)
 
     @app.job(name="bulk.hooked")
     async def job(n: int) -> None: ...
