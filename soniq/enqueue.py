@@ -112,8 +112,9 @@ def job_chunks(
         # A bad option: row by row, so the error names the row it always named.
         yield _build_rows(resolved, settings, rows, options)
         return
+    ids = new_job_ids(len(rows))  # one sorted run for the batch, as new_job_ids says
     for start in range(0, len(rows), size):
-        yield shared.rows(rows, start, start + size)
+        yield shared.rows(rows, ids, start, start + size)
 
 
 @dataclass(slots=True)
@@ -163,10 +164,11 @@ class _Shared:
             key_fn=key_fn, depends_on=options.depends_on, plain=plain,
         )  # fmt: skip
 
-    def rows(self, items: Sequence[Any], start: int, stop: int) -> list[NewJob]:
+    def rows(
+        self, items: Sequence[Any], batch_ids: list[str], start: int, stop: int
+    ) -> list[NewJob]:
         """Rows ``start:stop`` of the batch; a refused row's error gives its batch index."""
-        chunk = items[start:stop]
-        ids = new_job_ids(len(chunk))
+        chunk, ids = items[start:stop], batch_ids[start:stop]
         if not self.plain:
             return [self.row(start + k, item, ids[k]) for k, item in enumerate(chunk)]
         # The common case, inline: a dict with the handler's parameters.

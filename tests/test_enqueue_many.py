@@ -51,6 +51,7 @@ async def test_plain_batch_rows(app: Soniq, db: asyncpg.Connection, size: int) -
     ids = await app.enqueue_many(job, items)
     assert len(ids) == len(set(ids)) == size
     assert all(str(uuid.UUID(i)) == i for i in ids)
+    assert ids == sorted(ids)  # one sorted run, also when it streams in parts
     rows = await rows_in_order(db)
     assert [str(r["id"]) for r in rows] == ids  # input order is insertion (FIFO) order
     assert [json.loads(r["args"]) for r in rows] == items
