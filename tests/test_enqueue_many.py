@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -257,19 +257,32 @@ async def test_psycopg_connection_takes_the_insert(app: Soniq, db: asyncpg.Conne
     assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 600
 
 
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Each COPY of jobs (``_copy_jobs``), in order: its rows, and the parts they came in."""
+    seen: list[tuple[int, int]] = []
+    real = pg_backend._copy_jobs
+
+    async def spy(conn: Any, parts: Iterator[Any], ids: list[str]) -> None:
+        counted = [0]
+
+        def counting() -> Iterator[Any]:
+            for part in parts:
+                counted[0] += 1
+                yield part
+
+        await real(conn, counting(), ids)
+        seen.append((len(ids), counted[0]))
+
+    monkeypatch.setattr(pg_backend, "_copy_jobs", spy)
+    return seen
+
+
 async def test_which_path_a_batch_takes(
-    app: Soniq, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    app: Soniq, db: asyncpg.Connection, copies: list[tuple[int, int]]
 ) -> None:
     """Pins the threshold the tests above straddle: COPY from COPY_MIN_JOBS rows without
     dedup keys and one column list, on asyncpg (a pooled or a caller's connection)."""
-    copied: list[int] = []
-    real = pg_backend._copy_jobs
-
-    async def spy(conn: Any, jobs: Any) -> None:
-        copied.append(len(jobs))
-        await real(conn, jobs)
-
-    monkeypatch.setattr(pg_backend, "_copy_jobs", spy)
 
     @app.job(name="bulk.path")
     async def job(n: int) -> None: ...
@@ -284,7 +297,7 @@ async def test_which_path_a_batch_takes(
         app.build_job(job, kwargs={"n": i}, scheduled_at=at if i else None) for i in range(COPY)
     ]
     await app.backend.enqueue(mixed)
-    assert copied == [COPY, COPY + 1]
+    assert [rows for rows, _ in copies] == [COPY, COPY + 1]
 
 
 async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -> None:
@@ -303,22 +316,13 @@ async def test_big_batch_with_flow_control(app: Soniq, db: asyncpg.Connection) -
 # --- long batches: streamed into one COPY while they are built ----------------------
 
 
-@pytest.fixture
-def streamed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of each batch that streamed into a COPY (``_stream_jobs``), in order."""
-    sizes: list[int] = []
-    real = pg_backend._stream_jobs
-
-    async def spy(conn: Any, first: Any, rest: Any, ids: list[str]) -> None:
-        await real(conn, first, rest, ids)
-        sizes.append(len(ids))
-
-    monkeypatch.setattr(pg_backend, "_stream_jobs", spy)
-    return sizes
+def streamed(copies: list[tuple[int, int]]) -> list[int]:
+    """The rows of each batch that streamed into its COPY in more than one part."""
+    return [rows for rows, parts in copies if parts > 1]
 
 
 async def test_which_long_batch_streams(
-    app: Soniq, db: asyncpg.Connection, streamed: list[int]
+    app: Soniq, db: asyncpg.Connection, copies: list[tuple[int, int]]
 ) -> None:
     """Longer than one chunk, on the app's own connection, with no hook that rewrites
     the jobs: streamed. On a caller's connection, with dedup keys or with such a hook
@@ -332,7 +336,7 @@ async def test_which_long_batch_streams(
         await app.enqueue_many(job, [{"n": i} for i in range(size)], unique=True)
     async with app.backend.acquire() as conn:
         await app.enqueue_many(job, [{"n": i} for i in range(500)], connection=conn)
-    assert streamed == [STREAM_CHUNK + 1]
+    assert streamed(copies) == [STREAM_CHUNK + 1]
 
     class Stamp(Subscriber):
         def prepare_enqueue(self, jobs: list[NewJob]) -> list[NewJob]:
@@ -340,7 +344,7 @@ async def test_which_long_batch_streams(
 
     app.events.subscribe(Stamp())
     ids = await app.enqueue_many(job, [{"n": i} for i in range(500)])
-    assert streamed == [STREAM_CHUNK + 1]
+    assert streamed(copies) == [STREAM_CHUNK + 1]
     priorities = await db.fetch("SELECT DISTINCT priority FROM soniq_jobs WHERE id = ANY($1)", ids)
     assert [r["priority"] for r in priorities] == [9]
 
@@ -421,7 +425,7 @@ async def test_a_long_batch_checks_its_first_chunk_before_connecting() -> None:
 
 
 async def test_a_streamed_batch_carries_what_observers_record(
-    app: Soniq, db: asyncpg.Connection, streamed: list[int]
+    app: Soniq, db: asyncpg.Connection, copies: list[tuple[int, int]]
 ) -> None:
     """A webhook on job.enqueued records a delivery per job: the batch still streams, and
     the deliveries are written with the jobs, in their transaction; a refused row in a
@@ -435,7 +439,7 @@ async def test_a_streamed_batch_carries_what_observers_record(
     )
     size = STREAM_CHUNK * 2 + 5
     ids = await app.enqueue_many(job, [{"n": i} for i in range(size)])
-    assert streamed == [size]
+    assert streamed(copies) == [size]
     deliveries = await db.fetch("SELECT job_id, event FROM soniq_webhook_deliveries")
     assert sorted(str(r["job_id"]) for r in deliveries) == sorted(ids)
     assert {r["event"] for r in deliveries} == {"job.queued"}

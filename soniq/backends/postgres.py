@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import json
 import logging
-import operator
 import re
 import time
 import uuid
@@ -260,7 +259,7 @@ class PostgresBackend:
     async def enqueue_chunks(
         self, chunks: Iterator[Sequence[NewJob]], records: Sequence[Record] | None = None
     ) -> list[str]:
-        """One COPY that the parts stream into as they are built (``_stream_jobs``); with
+        """One COPY that the parts stream into as they are built (``_copy_jobs``); with
         ``records``, the COPY and the records in one transaction.
 
         A batch with dedup keys or flow control needs what the INSERT path does for
@@ -269,14 +268,14 @@ class PostgresBackend:
         first = next(chunks, None)
         if not first:
             return []
-        if not _streamable(first, first[0].scheduled_at is not None):
+        if not _copyable(first, first[0].scheduled_at is not None) or needs_settling(first):
             jobs = [*first, *itertools.chain.from_iterable(chunks)]
             if records:
                 return await self.enqueue_observed(jobs, records)
             return await self.enqueue(jobs)
         ids: list[str] = []
         async with self._producing(transaction=records is not None) as conn:
-            await _stream_jobs(conn, first, chunks, ids)
+            await _copy_jobs(conn, itertools.chain([first], chunks), ids)
             if records:  # every row was inserted: a COPY has no conflicts to skip
                 await _write_records(conn, *split_records(records, inserted=set(ids)))
         return ids
@@ -312,10 +311,11 @@ class PostgresBackend:
                 ids = await self._enqueue_on(conn, jobs, settle=False)
                 await _settle_flow(conn, jobs, ids)
             return ids
+        if len(jobs) >= COPY_MIN_JOBS and _copies(conn, jobs):
+            copied: list[str] = []
+            await _copy_jobs(conn, iter([jobs]), copied)
+            return copied
         dedup = any(j.dedup_key is not None for j in jobs)
-        if not dedup and len(jobs) >= COPY_MIN_JOBS and _copies(conn, jobs):
-            await _copy_jobs(conn, jobs)
-            return [j.id for j in jobs]
         if len(jobs) == 1:
             sql = q.JOB_INSERT if dedup else q.JOB_INSERT_PLAIN
             inserted = await conn.fetchval(sql, *_row(jobs[0]))
@@ -907,65 +907,40 @@ def _columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [list(col) for col in zip(*(_row(j) for j in jobs), strict=True)]
 
 
-# The NewJob attribute behind each of q.JOB_COPY_COLUMNS, in the same order.
-_COPY_FIELDS = ("id", "job_name", "args_json", "queue", "priority", "max_attempts")
-
-
 def _copies(conn: Any, jobs: Sequence[NewJob]) -> bool:
-    """COPY is asyncpg's (a psycopg executor takes the INSERT), and it needs every row's
-    run time given or every row's left to the database: one COPY, one column list."""
+    """COPY is asyncpg's (a psycopg executor takes the INSERT), and it needs one column
+    list (``_copyable``)."""
     if not isinstance(conn, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
         return False
-    unscheduled = jobs[0].scheduled_at is None
-    return all((j.scheduled_at is None) is unscheduled for j in jobs)
+    return _copyable(jobs, jobs[0].scheduled_at is not None)
 
 
-async def _copy_jobs(conn: Any, jobs: Sequence[NewJob]) -> None:
-    """Jobs without dedup keys by binary COPY, then one notification per distinct queue.
-
-    COPY is one statement: a row the database refuses fails the whole batch, as the
-    INSERT does. Outside a transaction it commits before the NOTIFY is sent, so a woken
-    worker finds the jobs; inside one (``connection=``, flow control) both wait for it.
-    """
-    columns: tuple[str, ...] = q.JOB_COPY_COLUMNS
-    fields: tuple[str, ...] = _COPY_FIELDS
-    if jobs[0].scheduled_at is not None:
-        columns, fields = (*columns, "scheduled_at"), (*fields, "scheduled_at")
-    records = list(map(operator.attrgetter(*fields), jobs))
-    await conn.copy_records_to_table(q.JOB_COPY_TABLE, records=records, columns=columns)
-    await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(dict.fromkeys(j.queue for j in jobs)))
+def _copyable(jobs: Sequence[NewJob], scheduled: bool) -> bool:
+    """Rows one COPY takes: no dedup key (a COPY has no conflict rule), and one column
+    list: every row's run time given (``scheduled``) or every row's left to the database."""
+    return all(j.dedup_key is None and (j.scheduled_at is not None) is scheduled for j in jobs)
 
 
-def _streamable(jobs: Sequence[NewJob], scheduled: bool) -> bool:
-    """Rows the COPY can take as they come: no dedup key, no flow control, and every
-    row's run time given (``scheduled``) or every row's left to the database."""
-    return all(
-        j.dedup_key is None
-        and not j.depends_on
-        and j.concurrency_key is None
-        and (j.scheduled_at is not None) is scheduled
-        for j in jobs
-    )
-
-
-async def _stream_jobs(
-    conn: Any, first: Sequence[NewJob], rest: Iterator[Sequence[NewJob]], ids: list[str]
-) -> None:
-    """COPY the parts in text format as each is built, then notify the queues once.
+async def _copy_jobs(conn: Any, parts: Iterator[Sequence[NewJob]], ids: list[str]) -> None:
+    """COPY the parts in text format, each as soon as it is built, then notify each
+    queue once; their ids join ``ids``.
 
     asyncpg sends each part as soon as it is yielded, and the next one is built while
     PostgreSQL inserts it (binary ``copy_records_to_table`` sends only at 512 KiB).
-    A part that fails to build aborts the COPY (asyncpg sends CopyFail), so nothing of
-    the batch is written, as when every row was checked before the first was sent.
+    COPY is one statement: a part that fails to build aborts it (asyncpg sends
+    CopyFail), and a row the database refuses fails the whole batch, as the INSERT
+    does. Outside a transaction it commits before the NOTIFY is sent, so a woken worker
+    finds the jobs; inside one (``connection=``, flow control, records) both wait for it.
     """
+    first = next(parts)
     scheduled = first[0].scheduled_at is not None
     columns = (*q.JOB_COPY_COLUMNS, "scheduled_at") if scheduled else q.JOB_COPY_COLUMNS
     queues: dict[str, None] = {}
 
-    async def parts() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncIterator[bytes]:
         part: Sequence[NewJob] | None = first
         while part:
-            if not _streamable(part, scheduled):
+            if not _copyable(part, scheduled):
                 raise ValueError(
                     "enqueue_chunks() takes the parts of one batch, which share their "
                     "options; enqueue jobs with other options in a batch of their own"
@@ -973,9 +948,9 @@ async def _stream_jobs(
             ids.extend(j.id for j in part)
             queues.update(dict.fromkeys(j.queue for j in part))
             yield _copy_text(part, scheduled)
-            part = next(rest, None)
+            part = next(parts, None)
 
-    await conn.copy_to_table(q.JOB_COPY_TABLE, source=parts(), columns=columns)
+    await conn.copy_to_table(q.JOB_COPY_TABLE, source=lines(), columns=columns)
     await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(queues))
 
 
