@@ -365,6 +365,14 @@ def with_meta(job: NewJob, key: str, value: Any) -> NewJob:
     return replace(job, args=args, args_json=dumps_strict(args))
 
 
+def claimed_snapshot(job: ClaimedJob, status: str, **extra: Any) -> dict[str, Any]:
+    """What an event says of a claimed job (webhook payloads, ``on_changed``)."""
+    return {
+        "id": job.id, "task": job.job_name, "queue": job.queue, "status": status,
+        "attempts": job.attempt, "max_attempts": job.max_attempts, "error": None, **extra,
+    }  # fmt: skip
+
+
 def job_meta(args: dict[str, Any]) -> dict[str, Any]:
     meta = args.get(META_KEY)
     return meta if isinstance(meta, dict) else {}

@@ -51,6 +51,7 @@ from soniq.events import (
     Record,
     Subscriber,
     Webhook,
+    claimed_snapshot,
     guarded_loop,
 )
 from soniq.job import Cancelled, ClaimedJob, Done, Fail, NewJob, Outcome, Retry
@@ -220,13 +221,6 @@ def _event(event: str, job: dict[str, Any], lease: str | None = None) -> OutboxE
     return OutboxEvent(event=event, job_id=str(job["id"]), payload_json=_payload(job), lease=lease)
 
 
-def _claimed(job: ClaimedJob, status: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": job.id, "task": job.job_name, "queue": job.queue, "status": status,
-        "attempts": job.attempt, "max_attempts": job.max_attempts, "error": None, **extra,
-    }  # fmt: skip
-
-
 class WebhookOutbox(Subscriber):
     """Turns lifecycle events into outbox rows, and delivers them while a worker runs."""
 
@@ -270,25 +264,27 @@ class WebhookOutbox(Subscriber):
         ]  # fmt: skip
 
     def on_started(self, job: ClaimedJob) -> list[Record]:
-        return [_event("job.started", _claimed(job, "processing"))]
+        return [_event("job.started", claimed_snapshot(job, "processing"))]
 
     def on_finished(self, job: ClaimedJob, outcome: Outcome, duration: float) -> list[Record]:
         held, wanted = job.lease, self.wanted
         if isinstance(outcome, Done):
             if "job.completed" not in wanted:  # the common case of failure-only webhooks
                 return []
-            done = _claimed(job, "done", duration_ms=round(duration * 1000, 3))
+            done = claimed_snapshot(job, "done", duration_ms=round(duration * 1000, 3))
             return self._only([_event("job.completed", done, held)])
         if isinstance(outcome, Retry):
             retry_at = outcome.run_at.isoformat()
-            info = _claimed(job, "queued", error=outcome.error, will_retry=True, retry_at=retry_at)
+            info = claimed_snapshot(
+                job, "queued", error=outcome.error, will_retry=True, retry_at=retry_at
+            )
             return self._only([_event("job.failed", info, held), _event("job.retried", info, held)])
         if isinstance(outcome, Fail):
-            info = _claimed(job, "dead_letter", error=outcome.error, will_retry=False)
+            info = claimed_snapshot(job, "dead_letter", error=outcome.error, will_retry=False)
             failed = _event("job.failed", info, held)
             return self._only([failed, _event("job.dead_letter", info, held)])
         if isinstance(outcome, Cancelled):  # cancel_job() of a running job (soniq/flow.py)
-            info = _claimed(job, "cancelled", error=outcome.error, will_retry=False)
+            info = claimed_snapshot(job, "cancelled", error=outcome.error, will_retry=False)
             return self._only([_event("job.cancelled", info, held)])
         return []
 

@@ -51,7 +51,7 @@ from soniq.errors import (
     WorkerError,
     describe_error,
 )
-from soniq.events import META_KEY, EventBus, Record, job_meta
+from soniq.events import META_KEY, EventBus, Record, claimed_snapshot, job_meta
 from soniq.flow import CANCEL_NOTICE, FlowLimits, JobControl
 from soniq.hooks import HookSet
 from soniq.job import (
@@ -380,10 +380,7 @@ class Worker:
         start, so they do not hear an attempt end: a requeued one is as if never claimed,
         a cancelled one is announced as a change, like a queued job's cancel."""
         if isinstance(outcome, Cancelled):
-            snapshot = {
-                "id": job.id, "task": job.job_name, "queue": job.queue, "status": "cancelled",
-                "attempts": job.attempt, "max_attempts": job.max_attempts, "error": outcome.error,
-            }  # fmt: skip
+            snapshot = claimed_snapshot(job, "cancelled", error=outcome.error)
             self._note(self.events.emit_changed("job.cancelled", snapshot))
         self._push(Ack(job, outcome))
 
