@@ -483,7 +483,7 @@ async def test_callable_with_args_dict_only(app: Soniq) -> None:
 
 @pytest.mark.parametrize("n", [COPY_MIN_JOBS - 1, 500])
 async def test_enqueue_many_statements(app: Soniq, db: asyncpg.Connection, n: int) -> None:
-    """Below COPY_MIN_JOBS one INSERT (one round trip); from it on a binary COPY, which
+    """Below COPY_MIN_JOBS one INSERT (one round trip); from it on a COPY, which
     asyncpg's query logger does not report, then the one NOTIFY statement."""
 
     @app.job(queue="bulk")

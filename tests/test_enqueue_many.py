@@ -1,6 +1,6 @@
 """``enqueue_many`` at every batch size: the INSERT statement (small batches, dedup keys,
-psycopg), binary COPY (big batches without dedup keys, asyncpg) and the text COPY a long
-batch streams into while it is built write the same rows, return the same ids and notify
+psycopg) and the COPY (big batches without dedup keys, asyncpg; a long batch streams into
+it while it is built) write the same rows, return the same ids and notify
 the same way (soniq/backends/postgres.py, ``_enqueue_on`` and ``enqueue_chunks``)."""
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ DEADLOCK_RETRIES = 3
 # before the cursor; that is also the longest such a job can be passed over.
 CLAIM_CURSOR_TTL = 1.0
 # An enqueue of at least this many jobs, none with a dedup key, on an asyncpg connection
-# goes in by binary COPY and one NOTIFY statement; smaller batches take the single INSERT
+# goes in by COPY and one NOTIFY statement; smaller batches take the single INSERT
 # statement, whose one round trip beats COPY's two below this size. Batches with dedup
 # keys always take the INSERT (its ON CONFLICT is their rule). bench/RESULTS.md, "Bulk
 # enqueue (issue 15)", has the measurements.

@@ -48,7 +48,7 @@ SELECT ins.id FROM ins, woke
 JOB_INSERT_MANY = _INSERT_MANY.format(on_conflict=_ON_CONFLICT)
 JOB_INSERT_MANY_PLAIN = _INSERT_MANY.format(on_conflict="")
 
-# Big batches without dedup keys go in by binary COPY (asyncpg's copy_records_to_table:
+# Big batches without dedup keys go in by COPY (text format, streamed part by part:
 # no statement text to parse per row, no arrays to unnest), these columns in this order;
 # scheduled_at only when every row has one (created_at, and scheduled_at when left out,
 # are the default now()). Then one notification per distinct queue, delivered at commit
