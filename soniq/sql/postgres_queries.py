@@ -288,17 +288,25 @@ UPDATE soniq_jobs SET status = 'cancelled', updated_at = now(), completed_at = n
 WHERE id = $1 AND status = 'queued'
 """
 JOB_DELETE = "DELETE FROM soniq_jobs WHERE id = $1"
-# Exact counts that stay fast with a big history: done rows (most of the table) by an
-# index-only scan of soniq_jobs_done_queue_idx (0008_history.sql; one key per queue, so
-# deduplicated and small), the few others through soniq_jobs_live_recent_idx, dead
-# letters by soniq_dead_letter_queue_idx.
-QUEUE_STATS = """
-SELECT queue, status, count(*)::bigint AS n FROM soniq_jobs WHERE status <> 'done'
-GROUP BY queue, status
+# Counts of the rows that are not done, per queue. Queued rows by a scan of
+# soniq_jobs_claim_queue_idx, which is keyed by queue (index-only where the visibility
+# map allows): through soniq_jobs_live_recent_idx, each queued row cost a heap fetch
+# for its queue (bench/RESULTS.md, "Queue counts"). Processing and cancelled rows (few)
+# through soniq_jobs_live_recent_idx; dead letters by soniq_dead_letter_queue_idx.
+_LIVE_COUNTS = """
+SELECT queue, 'queued', count(*)::bigint FROM soniq_jobs WHERE status = 'queued'
+GROUP BY queue
 UNION ALL
-SELECT queue, 'done', count(*)::bigint FROM soniq_jobs WHERE status = 'done' GROUP BY queue
+SELECT queue, status, count(*)::bigint FROM soniq_jobs
+WHERE status IN ('processing', 'cancelled') GROUP BY queue, status
 UNION ALL
 SELECT queue, 'dead_letter', count(*)::bigint FROM soniq_dead_letter_jobs GROUP BY queue
+"""
+# Exact counts that stay fast with a big history: done rows (most of the table) by an
+# index-only scan of soniq_jobs_done_queue_idx (0008_history.sql; one key per queue, so
+# deduplicated and small), the others as above.
+QUEUE_STATS = f"""{_LIVE_COUNTS}UNION ALL
+SELECT queue, 'done', count(*)::bigint FROM soniq_jobs WHERE status = 'done' GROUP BY queue
 """
 
 _DLQ_COLUMNS = """
@@ -458,14 +466,8 @@ ORDER BY 1
 # decides whether exact counts are affordable. -1 = never analysed.
 JOB_ROWS_ESTIMATE = "SELECT reltuples::bigint FROM pg_class WHERE oid = 'soniq_jobs'::regclass"
 
-# Exact counts of everything but done rows (few: read through
-# soniq_jobs_live_recent_idx) and of dead letters, per queue.
-QUEUE_STATS_LIVE = """
-SELECT queue, status, count(*)::bigint FROM soniq_jobs WHERE status <> 'done'
-GROUP BY queue, status
-UNION ALL
-SELECT queue, 'dead_letter', count(*)::bigint FROM soniq_dead_letter_jobs GROUP BY queue
-"""
+# Exact counts of everything but done rows, and of dead letters, per queue.
+QUEUE_STATS_LIVE = _LIVE_COUNTS
 
 # How done rows split over queues, from a block sample of $1 percent of the table.
 QUEUE_DONE_SAMPLE = """

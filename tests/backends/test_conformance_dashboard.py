@@ -245,3 +245,49 @@ async def test_task_names_include_a_task_whose_only_job_is_running(dash_app: Son
     await dash_app.backend.register_worker(worker_info(worker))
     await claim_one(dash_app, worker, None)
     assert await dash_app.backend.job_task_names() == ["dash.other"]
+
+
+async def test_every_status_is_listed_in_place_within_a_task(dash_app: Soniq) -> None:
+    """Each status is read through its own index on PostgreSQL (queued rows through a
+    claim index for the counts, processing ones apart from the listing indexes): a
+    task's pages, with or without a status, hold each of its jobs where it belongs, and
+    the counts and the task names see every status."""
+    sends, others = [], []
+    for n in range(6):
+        sends.append(await dash_app.enqueue("dash.send", args={"n": n}))
+        others.append(await dash_app.enqueue("dash.other", args={"n": n}))
+        await tick()
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    claimed = await dash_app.backend.claim(None, worker, 4)  # FIFO: send0 other0 send1 other1
+    assert [c.id for c in claimed] == [sends[0], others[0], sends[1], others[1]]
+    await dash_app.backend.ack([Ack(c, Done(None)) for c in claimed[:2]], result_ttl=60)
+    assert await dash_app.cancel_job(sends[2])
+    newest_first = list(reversed(sends))
+
+    def listed(pages: list[list[Job]]) -> list[str]:
+        return [j.id for p in pages for j in p]
+
+    assert listed(await all_pages(dash_app, JobQuery(task="dash.send", limit=2))) == newest_first
+    by_status = {"queued": newest_first[:3], "cancelled": [sends[2]], "processing": [sends[1]]}
+    for status, expected in {**by_status, "done": [sends[0]]}.items():
+        pages = await all_pages(dash_app, JobQuery(task="dash.send", status=status, limit=2))
+        assert listed(pages) == expected, status
+    queued = await all_pages(dash_app, JobQuery(status="queued", queue="other", limit=3))
+    assert listed(queued) == list(reversed(others[2:]))
+    stats = {s["queue"]: s for s in await dash_app.get_queue_stats()}
+    assert stats["default"] == {
+        "queue": "default", "total": 6, "queued": 3, "processing": 1, "done": 1,
+        "dead_letter": 0, "cancelled": 1,
+    }  # fmt: skip
+    assert stats["other"] == {
+        "queue": "other", "total": 6, "queued": 4, "processing": 1, "done": 1,
+        "dead_letter": 0, "cancelled": 0,
+    }  # fmt: skip
+    assert await dash_app.backend.job_task_names() == ["dash.other", "dash.send"]
+
+    @dash_app.job(name="dash.waiting")
+    async def waiting() -> None: ...
+
+    await dash_app.enqueue("dash.waiting")  # a task whose only job is queued
+    assert await dash_app.backend.job_task_names() == ["dash.other", "dash.send", "dash.waiting"]
