@@ -529,7 +529,9 @@ class PostgresBackend:
     async def list_jobs(
         self, *, queue: str | None, status: str | None, limit: int, offset: int
     ) -> list[Job]:
-        rows = await self.pool.fetch(q.JOB_LIST, queue, status, limit, offset)
+        if status is not None and status not in _LISTED:
+            return []  # no job has that status
+        rows = await self.pool.fetch(q.job_list_sql(status), queue, status, limit, offset)
         return [_job(r) for r in rows]
 
     async def queue_stats(self) -> list[QueueStats]:
@@ -1025,12 +1027,16 @@ def _schedule(r: Any) -> Schedule:
 # --- dashboard reads ------------------------------------------------------------
 
 
+_LISTED = ("done", *q.LIVE_STATUSES)
+
+
 def _job_page_statement(query: JobQuery) -> tuple[str | None, list[Any]]:
-    """(statement, parameters) for one page; ``None`` when a cursor id is not a UUID."""
+    """(statement, parameters) for one page; ``None`` when no row can match (a cursor id
+    that is not a UUID, a status no job has)."""
     by_id, text = search_terms(query.search)
     after = query.after
     after_id = _uuid(after.id) if after is not None else None
-    if after is not None and after_id is None:
+    if (after is not None and after_id is None) or query.status not in (None, *_LISTED):
         return None, []
     sql = q.job_page_sql(
         queue=query.queue is not None, status=query.status, task=query.task is not None,

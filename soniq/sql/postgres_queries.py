@@ -256,43 +256,87 @@ CASE WHEN args #>> '{__soniq__,snoozed}' = id::text
 ARRAY(SELECT depends_on::text FROM soniq_job_deps WHERE job_id = id ORDER BY 1) AS waiting_for
 """
 JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
-# The listing indexes (soniq_jobs_recent_idx, soniq_jobs_task_recent_idx) leave out
-# processing rows, so that a claim writes no entry to them (0009_claim_cost.sql); the
-# few processing rows are read through soniq_jobs_live_recent_idx. A listing of every
-# status is the merge of the two.
-_SETTLED = "status <> 'processing'"
-_RUNNING = "status = 'processing' AND status <> 'done'"
+# Which index lists which rows (0010_lean_enqueue.sql). Done rows, most of the table, are
+# read through soniq_jobs_recent_idx (created_at, id) and soniq_jobs_task_recent_idx
+# (job_name, created_at, id); every other row through soniq_jobs_live_recent_idx (status,
+# queue, job_name, created_at, id), where the rows of one status, queue and task are one
+# range, newest first at its end. A new job thus gets one listing entry, not three. The
+# literals repeat the partial indexes' predicates, so that even a generic plan uses them.
+_DONE = "status = 'done'"
+_LIVE = "status <> 'done'"
+LIVE_STATUSES = ("queued", "processing", "cancelled")
+
+# The (status, queue, job_name) keys present among the rows that are not done, by skip
+# scan of soniq_jobs_live_recent_idx: one index descent per key (a few per task), never
+# a walk of the backlog.
+_LIVE_KEYS = f"""WITH RECURSIVE keys AS (
+    (SELECT status, queue, job_name FROM soniq_jobs WHERE {_LIVE}
+     ORDER BY status, queue, job_name LIMIT 1)
+    UNION ALL
+    SELECT step.* FROM keys, LATERAL (
+        SELECT status, queue, job_name FROM soniq_jobs
+        WHERE {_LIVE} AND (status, queue, job_name) > (keys.status, keys.queue, keys.job_name)
+        ORDER BY status, queue, job_name LIMIT 1
+    ) step
+)"""
 
 
-def _merged_page(settled: list[str], running: list[str], order: str, limit: str, outer: str) -> str:
-    """The rows of two disjoint parts of soniq_jobs in ``order``, each part read newest
-    first through its own index and cut at ``limit`` rows before the merge; ``outer``
-    is the merged page's own LIMIT (and OFFSET)."""
-    part = "(SELECT {cols} FROM soniq_jobs WHERE {where} {order} LIMIT {limit})"
-    parts = [
-        part.format(cols=_JOB_COLUMNS, where=" AND ".join(w), order=order, limit=limit)
-        for w in (settled, running)
-    ]
-    return f"SELECT * FROM ({parts[0]} UNION ALL {parts[1]}) page {order} {outer}"
+def _done_part(where: list[str], order: str, limit: str) -> str:
+    """Done rows in ``order``, cut at ``limit``: a walk of one history index."""
+    rows = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {' AND '.join([_DONE, *where])}"
+    return f"({rows} {order} LIMIT {limit})"
 
 
-# Newest first, with offset paging (the documented list_jobs).
-_LIST_FILTER = ["($1::text IS NULL OR queue = $1)", "($2::text IS NULL OR status = $2)"]
-JOB_LIST = _merged_page(
-    [_SETTLED, *_LIST_FILTER], [_RUNNING, *_LIST_FILTER], "ORDER BY created_at DESC, id",
-    "$3::bigint + $4::bigint", "LIMIT $3 OFFSET $4",
-)  # fmt: skip
+def _live_part(keys: list[str], where: list[str], order: str, limit: str) -> str:
+    """Rows that are not done in ``order``, cut at ``limit``: the range of each key that
+    ``keys`` (predicates on ``keys.status``, ``keys.queue``, ``keys.job_name``) lets
+    through, read newest first and cut at ``limit``, then merged."""
+    rows = " AND ".join([
+        _LIVE, "status = keys.status", "queue = keys.queue", "job_name = keys.job_name", *where,
+    ])  # fmt: skip
+    chosen = f"WHERE {' AND '.join(keys)}" if keys else ""
+    return (
+        f"({_LIVE_KEYS} SELECT part.* FROM keys, LATERAL "
+        f"(SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {rows} {order} LIMIT {limit}) part "
+        f"{chosen})"
+    )
+
+
+def _listing(
+    status: str | None, keys: list[str], where: list[str], order: str, cut: str, outer: str
+) -> str:
+    """A page of jobs in ``order``: done rows and the others, for one status (None: every
+    status); ``keys`` narrows the ranges of the others read (see ``_live_part``), and
+    ``cut`` rows of each part are merged into the page, which ``outer`` limits."""
+    parts = []
+    if status in (None, "done"):
+        parts.append(_done_part(where, order, cut))
+    if status is None or status in LIVE_STATUSES:
+        status_key = [f"keys.status = '{status}'"] if status else []
+        parts.append(_live_part([*status_key, *keys], where, order, cut))
+    if not parts:
+        raise ValueError(f"unknown job status {status!r}")
+    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) page {order} {outer}"
+
+
+def job_list_sql(status: str | None) -> str:
+    """``list_jobs``: newest first with offset paging; parameters queue, status (either
+    may be NULL), limit, offset. One statement per status, as ``job_page_sql``."""
+    where = ["($1::text IS NULL OR queue = $1)", "($2::text IS NULL OR status = $2)"]
+    keys = ["($1::text IS NULL OR keys.queue = $1)"]
+    order, cut = "ORDER BY created_at DESC, id", "$3::bigint + $4::bigint"
+    return _listing(status, keys, where, order, cut, "LIMIT $3 OFFSET $4")
+
 
 JOB_CANCEL = """
 UPDATE soniq_jobs SET status = 'cancelled', updated_at = now(), completed_at = now()
 WHERE id = $1 AND status = 'queued'
 """
 JOB_DELETE = "DELETE FROM soniq_jobs WHERE id = $1"
-# Counts of the rows that are not done, per queue. Queued rows by a scan of
-# soniq_jobs_claim_queue_idx, which is keyed by queue (index-only where the visibility
-# map allows): through soniq_jobs_live_recent_idx, each queued row cost a heap fetch
-# for its queue (bench/RESULTS.md, "Queue counts"). Processing and cancelled rows (few)
-# through soniq_jobs_live_recent_idx; dead letters by soniq_dead_letter_queue_idx.
+# Counts of the rows that are not done, per queue: queued rows by a scan of
+# soniq_jobs_claim_queue_idx, keyed by queue (index-only where the visibility map allows;
+# bench/RESULTS.md, "Queue counts"), processing and cancelled ones (few) through
+# soniq_jobs_live_recent_idx, dead letters by soniq_dead_letter_queue_idx.
 _LIVE_COUNTS = """
 SELECT queue, 'queued', count(*)::bigint FROM soniq_jobs WHERE status = 'queued'
 GROUP BY queue
@@ -417,6 +461,7 @@ def job_page_sql(
     lets even a generic plan use that index.
     """
     where: list[str] = []
+    keys: list[str] = []  # the filters that choose which live ranges are read
     n = 1  # $1 is the limit
     for present, clause in (
         (queue, "queue = ${}"),
@@ -429,34 +474,29 @@ def job_page_sql(
         if present:
             n += 1
             where.append(clause.format(n))
+            if clause.startswith(("queue", "job_name")):
+                keys.append("keys." + clause.format(n))
     if after:
         # Row comparison: an index condition on (created_at, id), walked backwards.
         where.append(f"(created_at, id) < (${n + 1}::timestamptz, ${n + 2}::uuid)")
-    if status is None:
-        return _merged_page(
-            [*where, _SETTLED], [*where, _RUNNING], _JOB_PAGE_ORDER, "$1", "LIMIT $1"
-        )
-    where.append(_SETTLED if status == "done" else "status <> 'done'")
-    return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {' AND '.join(where)} " + (
-        f"{_JOB_PAGE_ORDER} LIMIT $1"
-    )
+    return _listing(status, keys, where, _JOB_PAGE_ORDER, "$1", "LIMIT $1")
 
 
-# Distinct task names by skip scan: each step jumps to the next name in
-# soniq_jobs_task_recent_idx, so the cost follows the number of names, not rows; the
-# names of processing rows (left out of that index) come from the few such rows.
+# Distinct task names by skip scan, so the cost follows the number of names, not rows:
+# of done rows over soniq_jobs_task_recent_idx, of the others from the keys of
+# soniq_jobs_live_recent_idx.
 JOB_TASK_NAMES = f"""
-WITH RECURSIVE names AS (
-    (SELECT job_name FROM soniq_jobs WHERE {_SETTLED} ORDER BY job_name LIMIT 1)
+{_LIVE_KEYS}, names AS (
+    (SELECT job_name FROM soniq_jobs WHERE {_DONE} ORDER BY job_name LIMIT 1)
     UNION ALL
     SELECT (SELECT j.job_name FROM soniq_jobs j
-            WHERE j.job_name > names.job_name AND j.{_SETTLED}
+            WHERE j.job_name > names.job_name AND j.{_DONE}
             ORDER BY j.job_name LIMIT 1)
     FROM names WHERE names.job_name IS NOT NULL
 )
 SELECT job_name FROM names WHERE job_name IS NOT NULL
 UNION
-SELECT job_name FROM soniq_jobs WHERE {_RUNNING}
+SELECT job_name FROM keys
 UNION
 SELECT DISTINCT job_name FROM soniq_dead_letter_jobs
 ORDER BY 1

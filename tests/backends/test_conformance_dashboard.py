@@ -7,6 +7,7 @@ times through the shared ``soniq_app`` fixture (tests/backend_apps.py).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -248,10 +249,10 @@ async def test_task_names_include_a_task_whose_only_job_is_running(dash_app: Son
 
 
 async def test_every_status_is_listed_in_place_within_a_task(dash_app: Soniq) -> None:
-    """Each status is read through its own index on PostgreSQL (queued rows through a
-    claim index for the counts, processing ones apart from the listing indexes): a
-    task's pages, with or without a status, hold each of its jobs where it belongs, and
-    the counts and the task names see every status."""
+    """PostgreSQL reads done rows and the others through different indexes (0010), and
+    counts queued rows through a claim index: a task's pages, with or without a status,
+    hold each of its jobs where it belongs, and the counts and the task names see every
+    status."""
     sends, others = [], []
     for n in range(6):
         sends.append(await dash_app.enqueue("dash.send", args={"n": n}))
@@ -291,3 +292,44 @@ async def test_every_status_is_listed_in_place_within_a_task(dash_app: Soniq) ->
 
     await dash_app.enqueue("dash.waiting")  # a task whose only job is queued
     assert await dash_app.backend.job_task_names() == ["dash.other", "dash.send", "dash.waiting"]
+
+
+async def test_every_filter_pages_like_a_sort_of_all_jobs(dash_app: Soniq) -> None:
+    """PostgreSQL reads the jobs that are not done range by range, one per (status,
+    queue, task), and merges them (0010_lean_enqueue.sql): every combination of filters,
+    paged by cursor and by offset, lists what filtering and sorting all the jobs gives."""
+    made = []
+    for n in range(4):
+        for task, queue in itertools.product(("dash.send", "dash.other"), ("default", "other")):
+            made.append(await dash_app.enqueue(task, args={"n": n}, queue=queue))
+            await tick()
+    worker = wid()
+    await dash_app.backend.register_worker(worker_info(worker))
+    claimed = await dash_app.backend.claim(None, worker, 6)
+    await dash_app.backend.ack([Ack(c, Done(None)) for c in claimed[::2]], result_ttl=60)
+    for job_id in made[-5::2]:
+        assert await dash_app.cancel_job(job_id)
+    jobs = [job for job_id in made if (job := await dash_app.backend.get_job(job_id))]
+    statuses = {j.status for j in jobs}
+    assert statuses == {"queued", "processing", "done", "cancelled"}
+
+    def expected(queue: str | None, status: str | None, task: str | None) -> list[str]:
+        wanted = {"queue": queue, "status": status, "job_name": task}
+        chosen = [j for j in jobs if all(v in (None, getattr(j, k)) for k, v in wanted.items())]
+        return [j.id for j in sorted(chosen, key=lambda j: (j.created_at, j.id), reverse=True)]
+
+    for queue, status, task in itertools.product(
+        (None, "default", "other"), (None, *sorted(statuses)), (None, "dash.send", "dash.other")
+    ):
+        query = JobQuery(queue=queue, status=status, task=task, limit=2)
+        pages = await all_pages(dash_app, query)
+        assert [j.id for p in pages for j in p] == expected(queue, status, task), query
+        if task is None:
+            listed = [
+                j.id
+                for offset in range(0, len(jobs), 3)
+                for j in await dash_app.backend.list_jobs(
+                    queue=queue, status=status, limit=3, offset=offset
+                )
+            ]
+            assert listed == expected(queue, status, None), (queue, status)
