@@ -300,8 +300,8 @@ async def test_every_filter_pages_like_a_sort_of_all_jobs(dash_app: Soniq) -> No
     paged by cursor and by offset, lists what filtering and sorting all the jobs gives."""
     made = []
     for n in range(4):
-        for task, queue in itertools.product(("dash.send", "dash.other"), ("default", "other")):
-            made.append(await dash_app.enqueue(task, args={"n": n}, queue=queue))
+        for name, into in itertools.product(("dash.send", "dash.other"), ("default", "other")):
+            made.append(await dash_app.enqueue(name, args={"n": n}, queue=into))
             await tick()
     worker = wid()
     await dash_app.backend.register_worker(worker_info(worker))
