@@ -266,38 +266,56 @@ _DONE = "status = 'done'"
 _LIVE = "status <> 'done'"
 LIVE_STATUSES = ("queued", "processing", "cancelled")
 
-# The (status, queue, job_name) keys present among the rows that are not done, by skip
-# scan of soniq_jobs_live_recent_idx: one index descent per key (a few per task), never
-# a walk of the backlog.
-_LIVE_KEYS = f"""WITH RECURSIVE keys AS (
-    (SELECT status, queue, job_name FROM soniq_jobs WHERE {_LIVE}
-     ORDER BY status, queue, job_name LIMIT 1)
+
+def _live_keys(status: str | None) -> str:
+    """The (status, queue, job_name) keys present among the rows that are not done (of
+    one ``status``, if given), by skip scan of soniq_jobs_live_recent_idx: one index
+    descent per key (a few per task), never a walk of the backlog."""
+    # With the status fixed, the step compares the columns after it: a row comparison
+    # that starts at the column an equality already fixes bounds no index scan.
+    cond, cols = (_LIVE, "status, queue, job_name")
+    if status:
+        cond, cols = f"status = '{status}'", "queue, job_name"
+    after = ", ".join(f"keys.{c}" for c in cols.split(", "))
+    return f"""WITH RECURSIVE keys AS (
+    (SELECT status, queue, job_name FROM soniq_jobs WHERE {cond} ORDER BY {cols} LIMIT 1)
     UNION ALL
     SELECT step.* FROM keys, LATERAL (
         SELECT status, queue, job_name FROM soniq_jobs
-        WHERE {_LIVE} AND (status, queue, job_name) > (keys.status, keys.queue, keys.job_name)
-        ORDER BY status, queue, job_name LIMIT 1
+        WHERE {cond} AND ({cols}) > ({after})
+        ORDER BY {cols} LIMIT 1
     ) step
 )"""
 
 
+# Newest first; ties (one batch shares created_at) by id, the order of the batch, newest
+# first too: the order every listing index is walked in, backwards.
+_JOB_PAGE_ORDER = "ORDER BY created_at DESC, id DESC"
+
+# A part of a page is its rows' sort key only: the index holds it, so a range read for
+# the merge costs no row fetch, and only the page's own rows are read whole.
+_SORT_KEY = "id, created_at"
+
+
 def _done_part(where: list[str], order: str, limit: str) -> str:
     """Done rows in ``order``, cut at ``limit``: a walk of one history index."""
-    rows = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {' AND '.join([_DONE, *where])}"
+    rows = f"SELECT {_SORT_KEY} FROM soniq_jobs WHERE {' AND '.join([_DONE, *where])}"
     return f"({rows} {order} LIMIT {limit})"
 
 
-def _live_part(keys: list[str], where: list[str], order: str, limit: str) -> str:
-    """Rows that are not done in ``order``, cut at ``limit``: the range of each key that
-    ``keys`` (predicates on ``keys.status``, ``keys.queue``, ``keys.job_name``) lets
-    through, read newest first and cut at ``limit``, then merged."""
+def _live_part(
+    status: str | None, keys: list[str], where: list[str], order: str, limit: str
+) -> str:
+    """Rows that are not done (of one ``status``, if given) in ``order``, cut at
+    ``limit``: the range of each key that ``keys`` (predicates on ``keys.queue`` and
+    ``keys.job_name``) lets through, read newest first and cut at ``limit``, merged."""
     rows = " AND ".join([
         _LIVE, "status = keys.status", "queue = keys.queue", "job_name = keys.job_name", *where,
     ])  # fmt: skip
     chosen = f"WHERE {' AND '.join(keys)}" if keys else ""
     return (
-        f"({_LIVE_KEYS} SELECT part.* FROM keys, LATERAL "
-        f"(SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE {rows} {order} LIMIT {limit}) part "
+        f"({_live_keys(status)} SELECT part.* FROM keys, LATERAL "
+        f"(SELECT {_SORT_KEY} FROM soniq_jobs WHERE {rows} {order} LIMIT {limit}) part "
         f"{chosen})"
     )
 
@@ -312,20 +330,21 @@ def _listing(
     if status in (None, "done"):
         parts.append(_done_part(where, order, cut))
     if status is None or status in LIVE_STATUSES:
-        status_key = [f"keys.status = '{status}'"] if status else []
-        parts.append(_live_part([*status_key, *keys], where, order, cut))
+        parts.append(_live_part(status, keys, where, order, cut))
     if not parts:
         raise ValueError(f"unknown job status {status!r}")
-    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) page {order} {outer}"
+    page = f"SELECT id FROM ({' UNION ALL '.join(parts)}) page {order} {outer}"
+    return f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id IN ({page}) {order}"
 
 
 def job_list_sql(status: str | None) -> str:
-    """``list_jobs``: newest first with offset paging; parameters queue, status (either
-    may be NULL), limit, offset. One statement per status, as ``job_page_sql``."""
+    """``list_jobs``: newest first with offset paging, in the dashboard's order;
+    parameters queue, status (either may be NULL), limit, offset. One statement per
+    status, as ``job_page_sql``."""
     where = ["($1::text IS NULL OR queue = $1)", "($2::text IS NULL OR status = $2)"]
     keys = ["($1::text IS NULL OR keys.queue = $1)"]
-    order, cut = "ORDER BY created_at DESC, id", "$3::bigint + $4::bigint"
-    return _listing(status, keys, where, order, cut, "LIMIT $3 OFFSET $4")
+    cut = "$3::bigint + $4::bigint"
+    return _listing(status, keys, where, _JOB_PAGE_ORDER, cut, "LIMIT $3 OFFSET $4")
 
 
 JOB_CANCEL = """
@@ -446,8 +465,6 @@ MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish
 # === Dashboard reads (soniq.dashboard) =========================================
 # Added for the web dashboard; indexes in migrations/postgres/0004_dashboard.sql.
 
-_JOB_PAGE_ORDER = "ORDER BY created_at DESC, id DESC"
-
 
 def job_page_sql(
     *, queue: bool, status: str | None, task: bool, by_id: bool, text: bool, after: bool
@@ -486,7 +503,7 @@ def job_page_sql(
 # of done rows over soniq_jobs_task_recent_idx, of the others from the keys of
 # soniq_jobs_live_recent_idx.
 JOB_TASK_NAMES = f"""
-{_LIVE_KEYS}, names AS (
+{_live_keys(None)}, names AS (
     (SELECT job_name FROM soniq_jobs WHERE {_DONE} ORDER BY job_name LIMIT 1)
     UNION ALL
     SELECT (SELECT j.job_name FROM soniq_jobs j

@@ -238,7 +238,7 @@ JOB_GET = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = :id"
 JOB_LIST = f"""
 SELECT {_JOB_COLUMNS} FROM soniq_jobs
 WHERE (:queue IS NULL OR queue = :queue) AND (:status IS NULL OR status = :status)
-ORDER BY created_at DESC, id
+ORDER BY created_at DESC, id DESC
 LIMIT :limit OFFSET :offset
 """
 JOB_CANCEL = """

@@ -71,6 +71,9 @@ async def test_job_page_walks_every_job_once_newest_first(dash_app: Soniq) -> No
     assert seen[0] == later
     keys = [(j.created_at, j.id) for p in pages for j in p]
     assert keys == sorted(keys, reverse=True)
+    # list_jobs pages in the same order, ties within the batch included.
+    assert [j["id"] for j in await dash_app.list_jobs(limit=4)] == seen[:4]
+    assert [j["id"] for j in await dash_app.list_jobs(limit=4, offset=4)] == seen[4:]
 
 
 async def test_job_page_filters_by_queue_status_and_task(dash_app: Soniq) -> None:
