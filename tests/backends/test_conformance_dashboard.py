@@ -336,3 +336,5 @@ async def test_every_filter_pages_like_a_sort_of_all_jobs(dash_app: Soniq) -> No
                 )
             ]
             assert listed == expected(queue, status, None), (queue, status)
+    assert await dash_app.backend.list_jobs(queue=None, status="nope", limit=5, offset=0) == []
+    assert await dash_app.backend.job_page(JobQuery(status="nope")) == []
