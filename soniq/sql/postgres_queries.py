@@ -478,20 +478,20 @@ def job_page_sql(
     lets even a generic plan use that index.
     """
     where: list[str] = []
-    keys: list[str] = []  # the filters that choose which live ranges are read
+    keys: list[str] = []  # the filters on a live key's columns choose which ranges are read
     n = 1  # $1 is the limit
-    for present, clause in (
-        (queue, "queue = ${}"),
-        (status is not None, "status = ${}"),
-        (task, "job_name = ${}"),
-        (by_id, "id = ${}::uuid"),
+    for present, clause, keyed in (
+        (queue, "queue = ${}", True),
+        (status is not None, "status = ${}", False),  # _listing chooses the keys' status
+        (task, "job_name = ${}", True),
+        (by_id, "id = ${}::uuid", False),
         # Substring of the arguments' JSON; a scan newest first, stopped at one page.
-        (text, "args::text ILIKE ${}"),
+        (text, "args::text ILIKE ${}", False),
     ):
         if present:
             n += 1
             where.append(clause.format(n))
-            if clause.startswith(("queue", "job_name")):
+            if keyed:
                 keys.append("keys." + clause.format(n))
     if after:
         # Row comparison: an index condition on (created_at, id), walked backwards.
