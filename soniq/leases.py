@@ -32,8 +32,10 @@ async def leading(
         yield True
     finally:
         renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        # Waited for, never awaited under a suppressed CancelledError: that would also
+        # swallow a cancellation of the sweep itself arriving meanwhile, and a worker's
+        # maintenance loop would sweep on through its shutdown.
+        await asyncio.wait([renewer])
 
 
 async def _renew(backend: StorageBackend, role: str, owner: str, ttl: float) -> None:

@@ -784,6 +784,29 @@ async def test_a_lease_is_kept_for_a_sweep_longer_than_its_ttl(soniq_app: Soniq)
     await wait_until(b_takes_over, timeout=5, message="the lease expired after the sweep")
 
 
+async def test_a_sweep_cancelled_as_its_lease_renewer_stops_stays_cancelled(
+    soniq_app: Soniq,
+) -> None:
+    """A worker's shutdown cancels its maintenance loop and waits for it. A cancellation
+    that arrives while ``leading`` waits for its renewer to stop must end the sweep, not
+    be taken for the renewer's own (the loop would sweep on, and the shutdown hang)."""
+    went_on: list[str] = []
+
+    async def sweep() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        async with leading(soniq_app.backend, "maintenance", "a", 30) as leader:
+            assert leader is True
+            # Runs once the body is done, while leading's exit waits for the renewer.
+            asyncio.get_running_loop().call_soon(me.cancel)
+        went_on.append("after the lease")
+
+    task = asyncio.create_task(sweep())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=5)
+    assert went_on == []
+
+
 # --- schedules ------------------------------------------------------------------------------
 
 
