@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from soniq.utils import stop_task
+
 if TYPE_CHECKING:
     from soniq.backends import StorageBackend
 
@@ -31,11 +33,7 @@ async def leading(
     try:
         yield True
     finally:
-        renewer.cancel()
-        # Waited for, never awaited under a suppressed CancelledError: that would also
-        # swallow a cancellation of the sweep itself arriving meanwhile, and a worker's
-        # maintenance loop would sweep on through its shutdown.
-        await asyncio.wait([renewer])
+        await stop_task(renewer)  # a cancellation of the sweep meanwhile still ends it
 
 
 async def _renew(backend: StorageBackend, role: str, owner: str, ttl: float) -> None:

@@ -6,6 +6,7 @@ settings and every backend can use it without import cycles.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -82,3 +83,16 @@ def fmt_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, whatever it raised.
+
+    Waited for, never awaited under a caught CancelledError: that would also swallow a
+    cancellation of the caller arriving meanwhile (a worker's shutdown cancelling its
+    maintenance loop), and the caller would go on as if never cancelled.
+    """
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: how it failed on its way out is not news here

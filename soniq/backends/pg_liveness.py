@@ -36,6 +36,7 @@ import asyncpg
 from soniq.backends._common import LOST_WORKER_ERROR
 from soniq.settings import SoniqSettings
 from soniq.sql import postgres_queries as q
+from soniq.utils import stop_task
 
 log = logging.getLogger("soniq.postgres")
 
@@ -234,9 +235,7 @@ class Liveness:
     async def _stop_task(self) -> None:
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
 
     async def _lock(self, session: _Session) -> None:
         if session.lost():
@@ -390,9 +389,7 @@ class PgListener:
                 self._conn.terminate()
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await stop_task(self._task)
         if not self.is_alive():
             self._conn.terminate()
             return
