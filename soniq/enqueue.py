@@ -70,25 +70,6 @@ def build_job(
     return _make_job(resolved, settings, dict(kwargs) if args is None else dict(args), options)
 
 
-def build_jobs(
-    registry: JobRegistry,
-    settings: SoniqSettings,
-    target: Any,
-    items: Iterable[Mapping[str, Any]],
-    options: EnqueueOptions,
-    warned: set[str] | None = None,
-) -> list[NewJob]:
-    """``build_job`` for many argument dicts of one target, resolving the target once.
-
-    Every row of a batch shares its target and options, so queue, priority, attempts
-    and run time are worked out once; each row then costs its argument checks, its
-    JSON and its id. Errors are those of ``build_job``, raised for the same row.
-    """
-    rows = items if isinstance(items, (list, tuple)) else list(items)
-    chunks = job_chunks(registry, settings, target, rows, options, warned, max(len(rows), 1))
-    return next(chunks, [])
-
-
 def job_chunks(
     registry: JobRegistry,
     settings: SoniqSettings,
@@ -98,12 +79,15 @@ def job_chunks(
     warned: set[str] | None,
     size: int,
 ) -> Iterator[list[NewJob]]:
-    """``build_jobs``, ``size`` rows at a time, built only when asked for.
+    """``build_job`` for many argument dicts of one target, ``size`` rows at a time,
+    built only when asked for.
 
-    A backend that streams the chunks into one statement (PostgreSQL's COPY) inserts
-    one chunk while the next is built. The target and the shared options are worked
-    out before the first chunk, once; a refused row raises when its chunk is built,
-    with its index in the whole batch.
+    Every row of a batch shares its target and options, so queue, priority, attempts
+    and run time are worked out once, before the first chunk; each row then costs its
+    argument checks, its JSON and its id. Errors are those of ``build_job``, raised
+    when the refused row's chunk is built, with its index in the whole batch. A backend
+    that streams the chunks into one statement (PostgreSQL's COPY) inserts one chunk
+    while the next is built.
     """
     resolved = _resolve(registry, settings, target, None, {}, warned)
     try:
