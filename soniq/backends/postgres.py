@@ -925,7 +925,8 @@ def _copyable(jobs: Sequence[NewJob], scheduled: bool) -> bool:
 
 async def _copy_jobs(conn: Any, parts: Iterator[Sequence[NewJob]], ids: list[str]) -> None:
     """COPY the parts in text format, each as soon as it is built, then notify each
-    queue once; their ids join ``ids``.
+    queue once; their ids join ``ids``. The caller has checked the first part with
+    ``_copyable``; a later part that fails it aborts the COPY.
 
     asyncpg sends each part as soon as it is yielded, and the next one is built while
     PostgreSQL inserts it (binary ``copy_records_to_table`` sends only at 512 KiB).
@@ -940,17 +941,17 @@ async def _copy_jobs(conn: Any, parts: Iterator[Sequence[NewJob]], ids: list[str
     queues: dict[str, None] = {}
 
     async def lines() -> AsyncIterator[bytes]:
-        part: Sequence[NewJob] | None = first
+        part: Sequence[NewJob] | None = first  # _copyable: the caller chose COPY by it
         while part:
-            if not _copyable(part, scheduled):
-                raise ValueError(
-                    "enqueue_chunks() takes the parts of one batch, which share their "
-                    "options; enqueue jobs with other options in a batch of their own"
-                )
             ids.extend(j.id for j in part)
             queues.update(dict.fromkeys(j.queue for j in part))
             yield _copy_text(part, scheduled)
             part = next(parts, None)
+            if part and not _copyable(part, scheduled):
+                raise ValueError(
+                    "enqueue_chunks() takes the parts of one batch, which share their "
+                    "options; enqueue jobs with other options in a batch of their own"
+                )
 
     await conn.copy_to_table(q.JOB_COPY_TABLE, source=lines(), columns=columns)
     await conn.fetchval(q.JOB_NOTIFY_QUEUES, list(queues))
