@@ -7,7 +7,9 @@ Usage:
 PostgreSQL: uses $BENCH_DATABASE_URL or postgresql://postgres@127.0.0.1:5432/soniq_bench_drain
 (dropped and recreated). RSS is read from /proc/self/status after 10% of the jobs
 and at the end, so start-up allocations are not counted as growth. CPU is this process's
-(all threads: the event loop, aiosqlite's thread) over the drain, per job.
+(all threads: the event loop, aiosqlite's thread) over the drain, per job; on PostgreSQL
+"server" is the CPU of every local postgres process over the same span, per job
+(``support.server_cpu_seconds``: meaningful when the server runs on this machine).
 ``--tracemalloc N`` prints the N allocation sites that grew most between those two points
 (slow: for finding a leak, not for rates).
 """
@@ -23,7 +25,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from support import fresh_pg
+from support import fresh_pg, server_cpu_seconds
 
 from soniq import Soniq
 
@@ -66,10 +68,11 @@ async def run(backend: str, n: int, concurrency: int, trace: int) -> None:
 
     for start in range(0, n, 5000):
         await app.enqueue_many(noop, [{"i": i} for i in range(start, min(n, start + 5000))])
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, server0 = time.perf_counter(), time.process_time(), server_cpu_seconds()
     worker = asyncio.create_task(app.run_worker(concurrency=concurrency))
     await done.wait()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    server = server_cpu_seconds() - server0
     steady = (n - n // 10) / (time.perf_counter() - marks["t10"])
     rss_end = rss_kib()
     if trace:
@@ -87,7 +90,9 @@ async def run(backend: str, n: int, concurrency: int, trace: int) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(
         f"{backend} n={n} c={concurrency} loop={loop}: {n / elapsed:,.0f} jobs/s overall, "
-        f"{steady:,.0f} jobs/s after the first 10%; CPU {cpu / n * 1e6:.1f} us/job; "
+        f"{steady:,.0f} jobs/s after the first 10%; CPU {cpu / n * 1e6:.1f} us/job"
+        + (f" (server {server / n * 1e6:.1f})" if backend == "postgres" else "")
+        + "; "
         f"RSS {marks['rss10'] / 1024:.1f} MiB -> {rss_end / 1024:.1f} MiB ({growth:+.1f}%)"
     )
 

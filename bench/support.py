@@ -4,6 +4,7 @@ this directory on ``sys.path``: ``from support import ...``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,30 @@ async def fresh_pg(url: str) -> None:
     conn = await asyncpg.connect(admin)
     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await conn.close()
+
+
+def server_cpu_seconds() -> float:
+    """CPU time (user + system) of every ``postgres`` process on this machine so far.
+
+    The difference across a run is the server's CPU for it, its backends and background
+    processes (WAL writer, autovacuum) together, when the server runs here and nothing
+    else uses it. On two cores shared with the client, that is half of what bounds a
+    drain: the client's own CPU (``time.process_time``) is the other half.
+    """
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read()
+        except OSError:  # gone since listdir
+            continue
+        name, _, rest = fields.partition(" (")[2].rpartition(") ")
+        if name == "postgres":
+            utime, stime = rest.split()[11:13]
+            ticks += int(utime) + int(stime)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def drain_rate(
