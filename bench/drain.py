@@ -22,10 +22,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Coroutine
 from typing import Any
 
-from support import fresh_pg, server_cpu_seconds
+from support import fresh_pg, run_on, server_cpu_seconds
 
 from soniq import Soniq
 
@@ -109,15 +108,7 @@ def main() -> None:
         import tracemalloc
 
         tracemalloc.start()
-    main_coro: Coroutine[Any, Any, None] = run(
-        args.backend, args.n, args.concurrency, args.tracemalloc
-    )
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main_coro)
-    else:
-        asyncio.run(main_coro)
+    run_on(args.loop, run(args.backend, args.n, args.concurrency, args.tracemalloc))
 
 
 if __name__ == "__main__":
