@@ -52,11 +52,12 @@ class Deadline:
 class Deadlines:
     """The deadlines of one worker's attempts, on the worker's event loop."""
 
-    __slots__ = ("expired", "loop", "slots")
+    __slots__ = ("expired", "loop", "slots", "timers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.slots: dict[Slot, set[asyncio.Task[Any]]] = {}
+        self.timers: dict[Slot, asyncio.TimerHandle] = {}  # one per slot, made with it
         self.expired: set[asyncio.Task[Any]] = set()  # cancelled by a deadline, not disarmed
 
     def arm(self, task: asyncio.Task[Any], timeout: float) -> Deadline:
@@ -66,11 +67,21 @@ class Deadlines:
         tasks = self.slots.get(slot)
         if tasks is None:
             tasks = self.slots[slot] = set()
-            self.loop.call_at(slot[1] * width, self._expire, slot)
+            self.timers[slot] = self.loop.call_at(slot[1] * width, self._expire, slot)
         tasks.add(task)
         return Deadline(self, task, slot)
 
+    def close(self) -> None:
+        """The worker stopped: cancel the slots' timers, which would otherwise keep the
+        finished attempts' tasks until the slots end (up to a timeout later)."""
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
+        self.slots.clear()
+        self.expired.clear()
+
     def _expire(self, slot: Slot) -> None:
+        self.timers.pop(slot, None)
         for task in self.slots.pop(slot, ()):
             if not task.done():
                 self.expired.add(task)

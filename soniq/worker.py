@@ -799,6 +799,8 @@ class Worker:
             task.cancel()
         if self._running:
             await asyncio.wait(list(self._running))
+        if self._deadlines is not None:  # every attempt has ended
+            self._deadlines.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -64,6 +64,7 @@ async def test_attempts_in_one_slot_share_one_timer() -> None:
     timeout = 100.0  # slots of 1 s: arming them all takes well under one
     armed = [deadlines.arm(t, timeout) for t in tasks]
     assert len(deadlines.slots) <= 2  # the run may straddle a slot boundary
+    assert deadlines.timers.keys() == deadlines.slots.keys()
     for deadline in armed:
         deadline.disarm()
     assert all(not s for s in deadlines.slots.values())
@@ -82,3 +83,14 @@ def test_slots_are_a_hundredth_of_the_timeout_and_at_least_10_ms() -> None:
         return sorted({width for width, _ in deadlines.slots})
 
     assert asyncio.run(widths()) == [MIN_SLOT, 3.0]
+
+
+async def test_close_cancels_the_slot_timers_and_forgets_the_attempts() -> None:
+    deadlines = Deadlines(asyncio.get_running_loop())
+    task = asyncio.create_task(_sleeper())
+    deadlines.arm(task, 0.05)
+    deadlines.close()
+    assert not deadlines.slots and not deadlines.timers
+    await asyncio.sleep(0.1)  # past the slot's end: nothing fires
+    assert not task.done()
+    task.cancel()

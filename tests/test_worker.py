@@ -300,6 +300,23 @@ async def test_per_job_timeout_fails_the_attempt(app: Soniq) -> None:
     assert isinstance(error, JobTimeoutError) and isinstance(error, TimeoutError)
 
 
+async def test_many_attempts_sharing_deadline_slots_end_only_the_slow_ones(app: Soniq) -> None:
+    """Attempts whose deadlines fall in one slot share its timer (soniq/deadlines.py):
+    each slow one times out, each quick one is left to finish."""
+
+    @app.job(timeout=0.3, retries=0)
+    async def sleeps(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    slow = await app.enqueue_many(sleeps, [{"seconds": 30}] * 10)
+    quick = await app.enqueue_many(sleeps, [{"seconds": 0.01}] * 10)
+    assert await app.run_worker(concurrency=20, run_once=True)
+    for job_id in slow:
+        dead = await dead_row(app.database_url, job_id)
+        assert dead is not None and "0.3s timeout" in dead["last_error"]
+    assert [await status_of(app, job_id) for job_id in quick] == ["done"] * 10
+
+
 async def test_global_job_timeout_applies_when_job_has_none(pg_url: str) -> None:
     app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "job_timeout": 0.2})
     try:
