@@ -317,6 +317,26 @@ async def test_many_attempts_sharing_deadline_slots_end_only_the_slow_ones(app: 
     assert [await status_of(app, job_id) for job_id in quick] == ["done"] * 10
 
 
+async def test_a_sync_handler_past_its_timeout_fails_the_attempt(app: Soniq) -> None:
+    """A thread cannot be interrupted: the attempt fails at its deadline, and the thread
+    is left to end on its own."""
+    release = threading.Event()
+
+    @app.job(timeout=0.2, retries=0)
+    def blocks() -> None:
+        release.wait(30)
+
+    job_id = await app.enqueue(blocks)
+    started = time.perf_counter()
+    try:
+        assert await app.run_worker(run_once=True)
+        assert time.perf_counter() - started < 20  # not the thread's 30 s
+    finally:
+        release.set()
+    dead = await dead_row(app.database_url, job_id)
+    assert dead is not None and "0.2s timeout" in dead["last_error"]
+
+
 async def test_global_job_timeout_applies_when_job_has_none(pg_url: str) -> None:
     app = Soniq(database_url=pg_url, **{**FAST_SETTINGS, "job_timeout": 0.2})
     try:
