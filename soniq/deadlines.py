@@ -50,24 +50,24 @@ class Deadline:
 
 
 class Deadlines:
-    """The deadlines of one worker's attempts, on the worker's event loop."""
+    """The deadlines of one worker's attempts; timers go on the loop that arms them."""
 
-    __slots__ = ("expired", "loop", "slots", "timers")
+    __slots__ = ("expired", "slots", "timers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.slots: dict[Slot, set[asyncio.Task[Any]]] = {}
         self.timers: dict[Slot, asyncio.TimerHandle] = {}  # one per slot, made with it
         self.expired: set[asyncio.Task[Any]] = set()  # cancelled by a deadline, not disarmed
 
     def arm(self, task: asyncio.Task[Any], timeout: float) -> Deadline:
         """Cancel ``task`` once ``timeout`` seconds (and at most one slot more) have passed."""
+        loop = asyncio.get_running_loop()
         width = max(timeout / SLOTS_PER_TIMEOUT, MIN_SLOT)
-        slot = (width, math.ceil((self.loop.time() + timeout) / width))
+        slot = (width, math.ceil((loop.time() + timeout) / width))
         tasks = self.slots.get(slot)
         if tasks is None:
             tasks = self.slots[slot] = set()
-            self.timers[slot] = self.loop.call_at(slot[1] * width, self._expire, slot)
+            self.timers[slot] = loop.call_at(slot[1] * width, self._expire, slot)
         tasks.add(task)
         return Deadline(self, task, slot)
 

@@ -144,7 +144,7 @@ class Worker:
         self._listener: Listener | None = None
         self._records: list[Record] = []  # written with the next ack batch (soniq/events.py)
         self._pacer = ClaimPacer()  # when to claim (soniq/claiming.py)
-        self._deadlines: Deadlines | None = None  # attempts' timeouts, on _loop's event loop
+        self._deadlines = Deadlines()  # the running attempts' timeouts
         self._claim_task: asyncio.Task[None] | None = None  # the claim out, if any
         self._drained = False  # run_once: an empty claim saw every outcome written
         # Flow control (soniq/flow.py): whether to claim within limits, the running jobs
@@ -181,7 +181,6 @@ class Worker:
     ) -> bool:
         self._check_capacity(concurrency)
         self._reset_state()
-        self._deadlines = Deadlines(asyncio.get_running_loop())
         self._concurrency = concurrency
         # A long-running worker may claim ahead; a drain takes only what it can run. A
         # backend written before the attribute existed does not; SONIQ_CLAIM_AHEAD=false
@@ -434,10 +433,8 @@ class Worker:
         if definition.context_param is not None:
             kwargs = {**kwargs, definition.context_param: ctx}
         timeout = definition.timeout if definition.timeout is not None else self._timeout_default
-        task, deadlines = asyncio.current_task(), self._deadlines
-        deadline = None
-        if timeout and task is not None and deadlines is not None:
-            deadline = deadlines.arm(task, timeout)
+        task = asyncio.current_task()
+        deadline = self._deadlines.arm(task, timeout) if timeout and task is not None else None
         try:
             result = await self._run_handler(definition, kwargs, ctx)
         except asyncio.CancelledError:
@@ -799,8 +796,7 @@ class Worker:
             task.cancel()
         if self._running:
             await asyncio.wait(list(self._running))
-        if self._deadlines is not None:  # every attempt has ended
-            self._deadlines.close()
+        self._deadlines.close()  # every attempt has ended
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,7 +21,7 @@ async def _sleeper() -> None:
 
 
 async def test_an_attempt_is_cancelled_after_its_timeout_never_before() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
+    deadlines = Deadlines()
     task = asyncio.create_task(_sleeper())
     started = time.monotonic()
     deadline = deadlines.arm(task, 0.05)
@@ -35,7 +35,7 @@ async def test_an_attempt_is_cancelled_after_its_timeout_never_before() -> None:
 
 
 async def test_attempts_that_end_in_time_are_left_alone() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
+    deadlines = Deadlines()
     quick = asyncio.create_task(asyncio.sleep(0))
     slow = asyncio.create_task(_sleeper())
     armed_quick, armed_slow = deadlines.arm(quick, 0.05), deadlines.arm(slow, 0.05)
@@ -48,7 +48,7 @@ async def test_attempts_that_end_in_time_are_left_alone() -> None:
 
 
 async def test_a_disarmed_attempt_is_not_cancelled_when_its_slot_fires() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
+    deadlines = Deadlines()
     task = asyncio.create_task(_sleeper())
     deadlines.arm(task, 0.02).disarm()
     await asyncio.sleep(0.1)  # past the slot's end: its timer has run
@@ -58,8 +58,7 @@ async def test_a_disarmed_attempt_is_not_cancelled_when_its_slot_fires() -> None
 
 async def test_attempts_in_one_slot_share_one_timer() -> None:
     """10,000 attempts armed within one slot's width: one slot, one timer."""
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
+    deadlines = Deadlines()
     tasks = [asyncio.create_task(_sleeper()) for _ in range(10_000)]
     timeout = 100.0  # slots of 1 s: arming them all takes well under one
     armed = [deadlines.arm(t, timeout) for t in tasks]
@@ -75,7 +74,7 @@ async def test_attempts_in_one_slot_share_one_timer() -> None:
 
 def test_slots_are_a_hundredth_of_the_timeout_and_at_least_10_ms() -> None:
     async def widths() -> list[float]:
-        deadlines = Deadlines(asyncio.get_running_loop())
+        deadlines = Deadlines()
         task = asyncio.create_task(_sleeper())
         for timeout in (300.0, 0.5):
             deadlines.arm(task, timeout).disarm()
@@ -86,7 +85,7 @@ def test_slots_are_a_hundredth_of_the_timeout_and_at_least_10_ms() -> None:
 
 
 async def test_close_cancels_the_slot_timers_and_forgets_the_attempts() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
+    deadlines = Deadlines()
     task = asyncio.create_task(_sleeper())
     deadlines.arm(task, 0.05)
     deadlines.close()
