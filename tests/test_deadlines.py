@@ -12,6 +12,7 @@ import time
 import pytest
 
 from soniq.deadlines import MIN_SLOT, Deadlines
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,7 +52,8 @@ async def test_a_disarmed_attempt_is_not_cancelled_when_its_slot_fires() -> None
     deadlines = Deadlines()
     task = asyncio.create_task(_sleeper())
     deadlines.arm(task, 0.02).disarm()
-    await asyncio.sleep(0.1)  # past the slot's end: its timer has run
+    await wait_until(lambda: not deadlines.timers, timeout=5, message="the slot's timer ran")
+    await asyncio.sleep(0)  # a cancel would take effect at the task's next step
     assert not task.done()
     task.cancel()
 
@@ -88,8 +90,8 @@ async def test_close_cancels_the_slot_timers_and_forgets_the_attempts() -> None:
     deadlines = Deadlines()
     task = asyncio.create_task(_sleeper())
     deadlines.arm(task, 0.05)
+    [timer] = deadlines.timers.values()
     deadlines.close()
+    assert timer.cancelled()
     assert not deadlines.slots and not deadlines.timers
-    await asyncio.sleep(0.1)  # past the slot's end: nothing fires
-    assert not task.done()
     task.cancel()
